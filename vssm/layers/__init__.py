@@ -1,0 +1,3 @@
+"""Shared blocks built on the scan engine."""
+from .ss2d import SS2D, Linear2d, Permute, init_dt_bias, init_ssm_params
+from .blocks import VSSBlock

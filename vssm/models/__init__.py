@@ -1,0 +1,2 @@
+"""Model families; importing this registers every model with timm."""
+from .vmamba import VMamba

@@ -1,0 +1,165 @@
+"""Direction plans: how a 2D map becomes K 1D sequences and back.
+
+A plan is a tuple of direction names. For a map of size (H, W) it yields an index map of shape
+(K, Lk): entry [k, t] is the flat map position (row-major, ``h * W + w``) read at step t of
+direction k, or -1 for a padded token (zero input, still advances the state). Index maps
+depend only on (plan, H, W) and are cached.
+
+Direction names:
+  ``h`` / ``v``                 row-major / column-major over the whole map
+  ``w{K}``                      KxK windows, windows row-major, row-major inside; H, W padded up to K
+  ``a{p}_{i}{j}_{h|v}``         atrous sub-grid x[i::p, j::p] scanned row- or column-major
+  any name + ``_flip``          the same sequence reversed
+"""
+import re
+from functools import lru_cache
+from typing import Sequence, Tuple
+
+import torch
+
+__all__ = [
+    'DirectionPlan', 'build_index', 'cross_scan', 'cross_merge',
+    'VMAMBA_PLAN', 'VIM_PLAN', 'EFFICIENT_VMAMBA_PLAN', 'MERGE_MODES',
+]
+
+MERGE_MODES = ('sum', 'mean', 'none')
+_ATROUS = re.compile(r'^a(\d+)_(\d)(\d)_([hv])$')
+_WINDOW = re.compile(r'^w(\d+)$')
+
+
+def _base_order(name: str, H: int, W: int) -> torch.Tensor:
+    """Flat positions of one un-flipped direction, -1 where padded."""
+    grid = torch.arange(H * W, dtype=torch.long).view(H, W)
+    if name == 'h':
+        return grid.reshape(-1)
+    if name == 'v':
+        return grid.t().reshape(-1)
+    m = _WINDOW.match(name)
+    if m:
+        k = int(m.group(1))
+        Hp, Wp = -(-H // k) * k, -(-W // k) * k
+        padded = torch.full((Hp, Wp), -1, dtype=torch.long)
+        padded[:H, :W] = grid
+        # (Hp/k, k, Wp/k, k) -> windows row-major, then rows/cols inside the window
+        return padded.view(Hp // k, k, Wp // k, k).permute(0, 2, 1, 3).reshape(-1)
+    m = _ATROUS.match(name)
+    if m:
+        p, i, j, order = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)
+        if not (i < p and j < p):
+            raise ValueError(f'atrous phase ({i}, {j}) must be below the step {p} in {name!r}')
+        sub = grid[i::p, j::p]
+        return (sub if order == 'h' else sub.t()).reshape(-1)
+    raise ValueError(
+        f'unknown scan direction {name!r}: expected h, v, w<K>, a<p>_<i><j>_<h|v>, each optionally + "_flip"')
+
+
+def _direction_order(name: str, H: int, W: int) -> torch.Tensor:
+    if name.endswith('_flip'):
+        return _base_order(name[:-5], H, W).flip(0)
+    return _base_order(name, H, W)
+
+
+@lru_cache(maxsize=256)
+def _index_cpu(directions: Tuple[str, ...], H: int, W: int) -> torch.Tensor:
+    orders = [_direction_order(d, H, W) for d in directions]
+    length = max(o.numel() for o in orders)
+    # directions of unequal length (atrous phases on odd maps) are padded at the end: a causal scan's
+    # earlier outputs do not depend on what follows, and padded outputs are dropped by the merge
+    index = torch.full((len(orders), length), -1, dtype=torch.long)
+    for k, o in enumerate(orders):
+        index[k, :o.numel()] = o
+    return index
+
+
+_DEVICE_CACHE = {}
+
+
+def build_index(directions: Sequence[str], H: int, W: int, device=None) -> torch.Tensor:
+    """(K, Lk) long index map of a plan on an (H, W) map, cached per device."""
+    if H < 1 or W < 1:
+        raise ValueError(f'a scan needs a map of at least 1x1, got {H}x{W}')
+    cpu = _index_cpu(tuple(directions), int(H), int(W))
+    device = torch.device('cpu') if device is None else torch.device(device)
+    if device.type == 'cpu':
+        return cpu
+    key = (tuple(directions), int(H), int(W), str(device))
+    if key not in _DEVICE_CACHE:
+        if device.type == 'meta':
+            return cpu.to(device)
+        _DEVICE_CACHE[key] = cpu.to(device)
+    return _DEVICE_CACHE[key]
+
+
+class DirectionPlan:
+    """An ordered set of scan directions with the merge that recombines them."""
+
+    def __init__(self, directions: Sequence[str], merge: str = 'sum'):
+        if merge not in MERGE_MODES:
+            raise ValueError(f'merge must be one of {MERGE_MODES}, got {merge!r}')
+        self.directions = tuple(directions)
+        if not self.directions:
+            raise ValueError('a plan needs at least one direction')
+        for d in self.directions:  # fail on a bad name now, not at the first forward
+            _direction_order(d, 1, 1)
+        self.merge = merge
+
+    @property
+    def num_directions(self) -> int:
+        return len(self.directions)
+
+    def index(self, H: int, W: int, device=None) -> torch.Tensor:
+        return build_index(self.directions, H, W, device)
+
+    def scan(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        return cross_scan(x, self.index(H, W, x.device))
+
+    def unscan(self, y: torch.Tensor, H: int, W: int, merge: str = None) -> torch.Tensor:
+        return cross_merge(y, self.index(H, W, y.device), H * W, merge or self.merge)
+
+    def __repr__(self):
+        return f'DirectionPlan({list(self.directions)}, merge={self.merge!r})'
+
+    def __eq__(self, other):
+        return isinstance(other, DirectionPlan) and (self.directions, self.merge) == (other.directions, other.merge)
+
+    def __hash__(self):
+        return hash((self.directions, self.merge))
+
+
+VMAMBA_PLAN = DirectionPlan(('h', 'v', 'h_flip', 'v_flip'), 'sum')
+VIM_PLAN = DirectionPlan(('h', 'h_flip'), 'mean')
+EFFICIENT_VMAMBA_PLAN = DirectionPlan(('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'), 'sum')
+
+
+def _pad_index(index: torch.Tensor, length: int) -> torch.Tensor:
+    # -1 (padding) points at an extra zero slot appended at position `length`
+    return torch.where(index < 0, torch.full_like(index, length), index)
+
+
+def cross_scan(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Map (B, C, L) shared by all directions, or (B, K, C, L) per direction -> (B, K, C, Lk)."""
+    K, Lk = index.shape
+    L = x.shape[-1]
+    idx = _pad_index(index, L)
+    x = torch.nn.functional.pad(x, (0, 1))
+    if x.dim() == 3:
+        B, C = x.shape[:2]
+        return x.index_select(-1, idx.reshape(-1)).view(B, C, K, Lk).transpose(1, 2)
+    B, _, C = x.shape[:3]
+    return torch.gather(x, -1, idx.view(1, K, 1, Lk).expand(B, K, C, Lk))
+
+
+def cross_merge(y: torch.Tensor, index: torch.Tensor, length: int, merge: str = 'sum') -> torch.Tensor:
+    """Sequences (B, K, C, Lk) back to map positions: sum / mean -> (B, C, L); none -> (B, K, C, L)."""
+    K, Lk = index.shape
+    B, _, C, _ = y.shape
+    idx = _pad_index(index, length)
+    if merge == 'none':
+        out = y.new_zeros(B, K, C, length + 1)
+        out = out.scatter_add(-1, idx.view(1, K, 1, Lk).expand(B, K, C, Lk), y)
+        return out[..., :length]
+    if merge not in ('sum', 'mean'):
+        raise ValueError(f'merge must be one of {MERGE_MODES}, got {merge!r}')
+    out = y.new_zeros(B, C, length + 1)
+    out = out.index_add(-1, idx.reshape(-1), y.transpose(1, 2).reshape(B, C, K * Lk))[..., :length]
+    return out / K if merge == 'mean' else out
