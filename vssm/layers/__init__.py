@@ -1,3 +1,4 @@
 """Shared blocks built on the scan engine."""
 from .ss2d import SS2D, Linear2d, Permute, init_dt_bias, init_ssm_params
 from .blocks import VSSBlock
+from .gates import ChannelGate

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up .venv with the pinned torch / timm stack, vssm (editable) and its dev + OpenMMLab extras.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+if ! $VPY -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null; then
+  $VPY -m pip install -q --upgrade pip
+  $VPY -m pip install -q torch==2.14.1 torchvision==0.29.1
+fi
+if ! $VPY -c "import vssm, timm, fvcore, pytest, sklearn" 2>/dev/null; then
+  $VPY -m pip install -q -e '.[dev]'
+fi
+if [ -f scripts/install_mm.sh ] && [ "${VSSM_SKIP_MM:-0}" != "1" ]; then
+  bash scripts/install_mm.sh "$VPY"
+fi
+echo "vssm environment ready: $VPY"
