@@ -47,11 +47,36 @@ def _grads(fn, t, idx, L, merge, grad_out):
     return out.detach(), {n: v.grad for n, v in leaves.items() if v is not None}
 
 
+def _cpu_kernel(*a, **k):
+    from vssm.ops.cpu_kernel import load_extension
+    if load_extension() is None:
+        pytest.skip('no C++ compiler: the fused CPU scan is not available')
+    return plan_selective_scan(*a, **k, backend='cpu')
+
+
 FAST_BACKENDS = {
     'fast': plan_scan_fast,
     'op-fast': lambda *a, **k: plan_selective_scan(*a, **k, backend='fast'),
     'op-reference': lambda *a, **k: plan_selective_scan(*a, **k, backend='reference'),
 }
+FLOAT32_BACKENDS = {'cpu': _cpu_kernel, 'fast': plan_scan_fast}
+
+
+@pytest.mark.parametrize('backend', list(FLOAT32_BACKENDS))
+@pytest.mark.parametrize('plan', list(PLANS))
+@pytest.mark.parametrize('merge', ['sum', 'mean', 'none'])
+def test_float32_backend_matches_reference(backend, plan, merge):
+    """float32 backends against the float64 oracle on the same inputs: values and gradients."""
+    t64, idx, L = make_inputs(PLANS[plan], Bt=1, H=7, W=5, seq_u=plan == 'vim', N=3)
+    t32 = {n: v.float() for n, v in t64.items()}
+    ref_out = _call(plan_scan_reference, t64, idx, L, merge)
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref_g = _grads(plan_scan_reference, t64, idx, L, merge, grad_out)
+    out, g = _grads(FLOAT32_BACKENDS[backend], t32, idx, L, merge, grad_out.float())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)
+    for n in ref_g:
+        torch.testing.assert_close(g[n].double(), ref_g[n], rtol=1e-3, atol=1e-3, msg=f'gradient of {n}')
 
 
 @pytest.mark.parametrize('backend', list(FAST_BACKENDS))
@@ -144,6 +169,8 @@ def test_env_var_forces_backend(monkeypatch):
     with pytest.raises(ValueError, match='not available'):
         resolve_backend(torch.device('cpu'))
     monkeypatch.delenv(BACKEND_ENV)
+    assert resolve_backend(torch.device('cpu')) in ('cpu', 'fast')  # fused C++ when it builds
+    monkeypatch.setenv('VSSM_CPU_KERNEL', '0')
     assert resolve_backend(torch.device('cpu')) == 'fast'
 
 

@@ -18,7 +18,7 @@ from typing import Sequence, Tuple
 import torch
 
 __all__ = [
-    'DirectionPlan', 'build_index', 'cross_scan', 'cross_merge',
+    'DirectionPlan', 'build_index', 'cross_scan', 'cross_scan_rows', 'cross_merge',
     'VMAMBA_PLAN', 'VIM_PLAN', 'EFFICIENT_VMAMBA_PLAN', 'MERGE_MODES',
 ]
 
@@ -147,6 +147,24 @@ def cross_scan(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return x.index_select(-1, idx.reshape(-1)).view(B, C, K, Lk).transpose(1, 2)
     B, _, C = x.shape[:3]
     return torch.gather(x, -1, idx.view(1, K, 1, Lk).expand(B, K, C, Lk))
+
+
+def cross_scan_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Channel-last gather: (B, L, C) shared, or (B, L, K, C) one slice per direction -> (B, K, Lk, C).
+
+    Copies whole rows of C channels (fast on CPU); padding reads an appended zero row.
+    """
+    K, Lk = index.shape
+    Bt, L = x.shape[:2]
+    C = x.shape[-1]
+    if x.dim() == 4:  # direction k reads row (position * K + k) of the (B, L*K, C) view
+        rows = torch.where(index < 0, torch.full_like(index, L * K),
+                           index * K + torch.arange(K, device=index.device)[:, None])
+        x = x.reshape(Bt, L * K, C)
+    else:
+        rows = _pad_index(index, L)
+    x = torch.cat([x, x.new_zeros(Bt, 1, C)], dim=1)
+    return x.index_select(1, rows.reshape(-1)).view(Bt, K, Lk, C)
 
 
 def cross_merge(y: torch.Tensor, index: torch.Tensor, length: int, merge: str = 'sum') -> torch.Tensor:

@@ -30,7 +30,7 @@ from .selective_scan import selective_scan_fast, selective_scan_ref, compute_dty
 
 __all__ = [
     'plan_selective_scan', 'plan_scan_reference', 'plan_scan_fast', 'register_backend',
-    'available_backends', 'resolve_backend', 'BACKEND_ENV',
+    'available_backends', 'resolve_backend', 'BACKEND_ENV', 'CPU_KERNEL_ENV',
 ]
 
 BACKEND_ENV = 'VSSM_SCAN_BACKEND'
@@ -86,7 +86,8 @@ class Backend:
 
 
 _BACKENDS: Dict[str, Backend] = {}
-_LAZY_BACKENDS = {'triton': 'vssm.ops.triton_scan', 'cuda': 'vssm.ops.cuda_ext'}
+_LAZY_BACKENDS = {'cpu': 'vssm.ops.cpu_kernel', 'triton': 'vssm.ops.triton_scan', 'cuda': 'vssm.ops.cuda_ext'}
+CPU_KERNEL_ENV = 'VSSM_CPU_KERNEL'  # 0: never build/use the fused C++ CPU scan
 
 
 def register_backend(name: str, backend: Backend) -> None:
@@ -110,15 +111,15 @@ def _load_backend(name: str) -> Optional[Backend]:
 def available_backends(device='cpu') -> List[str]:
     device = torch.device(device)
     names = []
-    for name in ('reference', 'fast', 'triton', 'cuda'):
-        b = _load_backend(name) if (device.type == 'cuda' or name in _BACKENDS) else None
+    for name in ('reference', 'fast', 'cpu', 'triton', 'cuda'):
+        b = _BACKENDS.get(name) if name in ('triton', 'cuda') and device.type != 'cuda' else _load_backend(name)
         if b is not None and b.supports(device):
             names.append(name)
     return names
 
 
 def resolve_backend(device: torch.device, backend: Optional[str] = None) -> str:
-    """Explicit argument > VSSM_SCAN_BACKEND > triton on CUDA (when importable) > fast."""
+    """Explicit argument > VSSM_SCAN_BACKEND > triton on CUDA (when importable) > fused C++ on CPU > fast."""
     name = backend or os.environ.get(BACKEND_ENV) or None
     if name:
         b = _load_backend(name)
@@ -133,6 +134,10 @@ def resolve_backend(device: torch.device, backend: Optional[str] = None) -> str:
         b = _load_backend('triton')
         if b is not None and b.supports(device):
             return 'triton'
+    if device.type == 'cpu' and os.environ.get(CPU_KERNEL_ENV, '1') != '0':
+        b = _load_backend('cpu')
+        if b is not None and b.supports(device):
+            return 'cpu'
     return 'fast'
 
 
@@ -143,13 +148,19 @@ def _plan_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
                   D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                   index: torch.Tensor, length: int, merge: str, delta_softplus: bool,
                   backend: str) -> torch.Tensor:
-    return _BACKENDS[backend].forward(u, delta, A, B, C, D, z, delta_bias, index=index, length=length,
-                                      merge=merge, delta_softplus=delta_softplus).contiguous()
+    return _channel_last(_BACKENDS[backend].forward(u, delta, A, B, C, D, z, delta_bias, index=index,
+                                                    length=length, merge=merge, delta_softplus=delta_softplus))
+
+
+def _channel_last(t: torch.Tensor) -> torch.Tensor:
+    # every backend's output is laid out channel-last ((B, L, D) memory for a (B, D, L) result), the layout
+    # the LayerNorm after the scan reads without a copy
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
 @_plan_scan_op.register_fake
 def _plan_scan_fake(u, delta, A, B, C, D, z, delta_bias, index, length, merge, delta_softplus, backend):
-    return _empty_output(u, index, length, merge).contiguous()
+    return _channel_last(_empty_output(u, index, length, merge))
 
 
 _GRAD_INPUTS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
