@@ -371,9 +371,9 @@ default_cfgs = generate_default_cfgs({
     'vmamba_tiny_s2l5.in1k': _cfg(url=_RELEASE + '%23v2cls/vssm_tiny_0230_ckpt_epoch_262.pth'),
     'vmamba_small_s2l15.in1k': _cfg(url=_RELEASE + '%23v2cls/vssm_small_0229_ckpt_epoch_222.pth'),
     'vmamba_base_s2l15.in1k': _cfg(url=_RELEASE + '%23v2cls/vssm_base_0229_ckpt_epoch_237.pth'),
-    'vmamba_tiny_v0.in1k': _cfg(url=_RELEASE + '%23v0cls/vssm_tiny_0220_ckpt_epoch_292.pth'),
-    'vmamba_small_v0.in1k': _cfg(url=_RELEASE + '%23v0cls/vssm_small_0220_ckpt_epoch_238.pth'),
-    'vmamba_base_v0.in1k': _cfg(url=_RELEASE + '%23v0cls/vssm_base_0220_ckpt_epoch_260.pth'),
+    'vmamba_tiny_v0.in1k': _cfg(url=_RELEASE + '%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth'),
+    'vmamba_small_v0.in1k': _cfg(url=_RELEASE + '%23v0cls/vssmsmall_dp03_ckpt_epoch_238.pth'),
+    'vmamba_base_v0.in1k': _cfg(url=_RELEASE + '%23v0cls/vssmbase_dp06_ckpt_epoch_241.pth'),
 })
 
 
