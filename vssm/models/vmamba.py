@@ -366,8 +366,8 @@ def _cfg(url: str = '', **kwargs) -> Dict:
 
 default_cfgs = generate_default_cfgs({
     'vmamba_tiny_s1l8.in1k': _cfg(url=_RELEASE + '%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth'),
-    'vmamba_small_s1l20.in1k': _cfg(),
-    'vmamba_base_s1l20.in1k': _cfg(),
+    'vmamba_small_s1l20.in1k': _cfg(url=_RELEASE + '%23v2cls/vssm1_small_0229s_ckpt_epoch_240.pth'),
+    'vmamba_base_s1l20.in1k': _cfg(url=_RELEASE + '%23v2cls/vssm1_base_0229s_ckpt_epoch_225.pth'),
     'vmamba_tiny_s2l5.in1k': _cfg(url=_RELEASE + '%23v2cls/vssm_tiny_0230_ckpt_epoch_262.pth'),
     'vmamba_small_s2l15.in1k': _cfg(url=_RELEASE + '%23v2cls/vssm_small_0229_ckpt_epoch_222.pth'),
     'vmamba_base_s2l15.in1k': _cfg(url=_RELEASE + '%23v2cls/vssm_base_0229_ckpt_epoch_237.pth'),
