@@ -1,2 +1,3 @@
 """Model families; importing this registers every model with timm."""
 from .vmamba import VMamba
+from .efficient_vmamba import EfficientVMamba
