@@ -1,0 +1,20 @@
+"""mmdet / mmseg backbones for the vssm families (needs the OpenMMLab stack: scripts/install_mm.sh).
+
+Importing this module registers the backbones in the ``vssm`` registry scope, a child of mmengine's root
+MODELS registry, so mmdet and mmseg configs both use them as ``type='vssm.<Name>'`` after
+``custom_imports=dict(imports=['vssm.mm'])``. It also routes mmengine's checkpoint loading through
+``load_checkpoint_file`` (torch >= 2.6 weights_only default; see vssm/mm/checkpoint.py).
+
+Backbones: vssm.VMamba (more families register as they land).
+"""
+try:
+    import mmengine  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError('vssm.mm needs mmengine, mmcv, mmdet / mmseg: run scripts/install_mm.sh <python>') from e
+
+from .checkpoint import load_checkpoint_file, patch_mmengine_checkpoint_loader
+from .registry import MODELS
+from .base import HierarchicalBackbone, TimmBackboneBase
+from .vmamba import VMambaBackbone
+
+patch_mmengine_checkpoint_loader()
