@@ -225,9 +225,11 @@ def _official_biattn(se: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _randomise(module: nn.Module) -> None:
+    """Random weights and BN statistics (not the init), so every tensor's role shows in the output."""
     with torch.no_grad():
         for name, t in module.named_parameters():
-            t.copy_(torch.randn_like(t) * (0.02 if 'proj' in name else 0.5) + (1.0 if name.endswith('norm.weight') else 0))
+            scale = 0.02 if 'proj' in name else 0.5
+            t.copy_(torch.randn_like(t) * scale + (1.0 if name.endswith('norm.weight') else 0.0))
         for m in module.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.normal_()
