@@ -1,0 +1,43 @@
+// The installed extension `vssm_cuda_scan`: forward/backward of the fused plan scan on CUDA tensors.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "binding_common.h"
+#include "scan_api.h"
+
+namespace vssm {
+
+struct CudaRunner {
+  bool poison_scratch = false;
+  std::optional<c10::cuda::CUDAGuard> guard;
+
+  void check_device(const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.is_cuda(), "vssm cuda scan: ", name, " must be a CUDA tensor, got ", t.device());
+    if (!guard) guard.emplace(t.device());
+    TORCH_CHECK(t.device() == guard->current_device(), "vssm cuda scan: ", name, " is on ", t.device(),
+                ", expected every input on ", guard->current_device());
+  }
+  int num_sms(const at::Tensor&) { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+  void* stream() { return static_cast<void*>(at::cuda::getCurrentCUDAStream().stream()); }
+  void forward(const ScanParams& p, DType t) {
+    switch (t) {
+      case kFloat32: return cuda_forward_f32(p, stream());
+      case kFloat16: return cuda_forward_f16(p, stream());
+      case kBFloat16: return cuda_forward_bf16(p, stream());
+    }
+  }
+  void backward(const ScanParams& p, DType t) {
+    switch (t) {
+      case kFloat32: return cuda_backward_f32(p, stream());
+      case kFloat16: return cuda_backward_f16(p, stream());
+      case kBFloat16: return cuda_backward_bf16(p, stream());
+    }
+  }
+};
+
+}  // namespace vssm
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "vssm: fused cross-scan selective scan (forward and backward) for CUDA tensors";
+  vssm::define_functions<vssm::CudaRunner>(m);
+}
