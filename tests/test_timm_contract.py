@@ -171,7 +171,9 @@ def test_prune_intermediate_layers(model_name):
         feats = pruned.forward_intermediates(x, indices=take, norm=not prune_norm, intermediates_only=True)
         sum(f.sum() for f in feats).backward()
         assert not [k for k, p in pruned.named_parameters() if p.grad is None]
-        pruned.eval()
+        # a fresh copy: the train-mode pass above moved BatchNorm running stats
+        pruned = copy.deepcopy(model).eval()
+        take = pruned.prune_intermediate_layers(indices, prune_norm=prune_norm)
         with torch.no_grad():
             sel = pruned.forward_intermediates(x, indices=take, intermediates_only=True)
             torch.testing.assert_close(sel[0], taps[take[0]])
