@@ -5,7 +5,7 @@ MODELS registry, so mmdet and mmseg configs both use them as ``type='vssm.<Name>
 ``custom_imports=dict(imports=['vssm.mm'])``. It also routes mmengine's checkpoint loading through
 ``load_checkpoint_file`` (torch >= 2.6 weights_only default; see vssm/mm/checkpoint.py).
 
-Backbones: vssm.VMamba (more families register as they land).
+Backbones: vssm.VMamba, vssm.EfficientVMamba.
 """
 try:
     import mmengine  # noqa: F401
@@ -16,5 +16,6 @@ from .checkpoint import load_checkpoint_file, patch_mmengine_checkpoint_loader
 from .registry import MODELS
 from .base import HierarchicalBackbone, TimmBackboneBase
 from .vmamba import VMambaBackbone
+from .efficient_vmamba import EfficientVMambaBackbone
 
 patch_mmengine_checkpoint_loader()

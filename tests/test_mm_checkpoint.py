@@ -1,0 +1,140 @@
+"""Backbone initialisation from checkpoints: our classification checkpoints, official layouts, vssm detector
+checkpoints; incomplete or mismatched files raise; mmengine's loader works on torch >= 2.6 checkpoints."""
+import argparse
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+pytest.importorskip('mmdet', reason='needs the OpenMMLab stack (scripts/install_mm.sh)')
+
+import vssm.mm  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import DefaultScope  # noqa: E402
+from mmengine.registry import MODELS as ROOT_MODELS  # noqa: E402
+from mmengine.runner.checkpoint import CheckpointLoader  # noqa: E402
+from vssm.mm.testing import shrink_model_cfg  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(depths=(1, 1, 1, 1), dims=16)
+
+
+def _classifier(**kw):
+    return timm.create_model('vmamba_tiny_s1l8', **{'num_classes': 10, **TINY, **kw})
+
+
+def _save_like_train_py(model, path):
+    """What tools/train.py (timm's CheckpointSaver) writes: weights plus Python objects (args)."""
+    torch.save({'epoch': 3, 'arch': 'vmamba_tiny_s1l8', 'state_dict': model.state_dict(), 'optimizer': {},
+                'version': 2, 'args': argparse.Namespace(lr=1e-3, model='vmamba_tiny_s1l8'), 'metric': 1.0}, path)
+
+
+def _to_official_v2(sd):
+    """Our VMamba keys -> the official v2 release layout (patch_embed / layers / classifier)."""
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r'^stem\.', 'patch_embed.', k)
+        m = re.match(r'^stages\.(\d+)\.downsample\.(.*)$', k)
+        if m:
+            k = f'layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}'
+        k = re.sub(r'^stages\.(\d+)\.blocks\.', r'layers.\1.blocks.', k)
+        k = re.sub(r'^norm\.', 'classifier.norm.', k)
+        k = re.sub(r'^head\.fc\.', 'classifier.head.', k)
+        out[k] = v
+    return out
+
+
+def _detector(init_cfg):
+    cfg = Config.fromfile(str(REPO / 'configs/mmdet/mask-rcnn_vmamba-tiny_fpn_1x_coco.py'))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        from mmdet.registry import MODELS
+        model_cfg = shrink_model_cfg(cfg.model, **TINY)
+        model_cfg['backbone']['init_cfg'] = init_cfg
+        return MODELS.build(model_cfg)
+
+
+def _assert_body_equals(backbone, sd):
+    body = backbone.body.model.state_dict()
+    assert body, 'empty backbone'
+    for k, v in body.items():
+        assert k in sd, f'{k} not initialised from the checkpoint'
+        torch.testing.assert_close(v, sd[k], rtol=0, atol=0, msg=k)
+
+
+def test_classification_checkpoint_initialises_detector_backbone(tmp_path):
+    clf = _classifier()
+    path = tmp_path / 'model_best.pth.tar'
+    _save_like_train_py(clf, path)
+    det = _detector(dict(type='Pretrained', checkpoint=str(path)))
+    outnorm_before = det.backbone.outnorm0.weight.clone()
+    det.init_weights()
+    # no missing keys: every backbone weight equals the classifier's
+    _assert_body_equals(det.backbone, clf.state_dict())
+    assert set(det.backbone.body.model.state_dict()) <= set(clf.state_dict())
+    torch.testing.assert_close(det.backbone.outnorm0.weight, outnorm_before)  # new layer, fresh init
+    assert det.backbone.is_init
+
+
+def test_plain_state_dict_and_pretrained_shorthand(tmp_path):
+    clf = _classifier()
+    path = tmp_path / 'plain.pth'
+    torch.save(clf.state_dict(), path)
+    bb = ROOT_MODELS.build(dict(type='vssm.VMamba', pretrained=str(path), **TINY))
+    bb.init_weights()
+    _assert_body_equals(bb, clf.state_dict())
+
+
+def test_official_layout_checkpoint_loads_through_filter_fn(tmp_path):
+    clf = _classifier(num_classes=1000)
+    official = {'module.' + k: v for k, v in _to_official_v2(clf.state_dict()).items()}
+    assert 'patch_embed.0.weight' in _to_official_v2(clf.state_dict())
+    path = tmp_path / 'vssm1_tiny_ckpt_epoch_1.pth'
+    torch.save({'model': official, 'model_ema': {}, 'epoch': 1}, path)
+    bb = ROOT_MODELS.build(dict(type='vssm.VMamba', init_cfg=dict(type='Pretrained', checkpoint=str(path)), **TINY))
+    bb.init_weights()
+    _assert_body_equals(bb, clf.state_dict())
+
+
+def test_incomplete_or_mismatched_checkpoints_raise(tmp_path):
+    # one backbone weight missing
+    sd = _classifier().state_dict()
+    sd.pop('stages.2.blocks.0.op.A_logs')
+    torch.save({'state_dict': sd}, tmp_path / 'missing.pth')
+    # another depth
+    torch.save({'state_dict': _classifier(depths=(1, 1, 2, 1)).state_dict()}, tmp_path / 'deeper.pth')
+    # another width
+    torch.save({'state_dict': _classifier(dims=24).state_dict()}, tmp_path / 'wider.pth')
+    for name in ('missing', 'deeper', 'wider'):
+        bb = ROOT_MODELS.build(dict(type='vssm.VMamba', pretrained=str(tmp_path / f'{name}.pth'), **TINY))
+        with pytest.raises(ValueError, match='cannot load|does not initialise'):
+            bb.init_weights()
+    bb = ROOT_MODELS.build(dict(type='vssm.VMamba', pretrained=str(tmp_path / 'nope.pth'), **TINY))
+    with pytest.raises(FileNotFoundError):
+        bb.init_weights()
+
+
+def test_detector_checkpoint_initialises_backbone_with_out_norms(tmp_path):
+    det = _detector(None)
+    with torch.no_grad():
+        det.backbone.outnorm2.weight.uniform_()
+    path = tmp_path / 'epoch_1.pth'
+    torch.save({'meta': {'epoch': 1}, 'state_dict': det.state_dict()}, path)
+    bb = ROOT_MODELS.build(dict(type='vssm.VMamba', pretrained=str(path), **TINY))
+    bb.init_weights()
+    for k, v in bb.state_dict().items():
+        torch.testing.assert_close(v, det.state_dict()['backbone.' + k], rtol=0, atol=0, msg=k)
+
+
+def test_mmengine_loader_reads_checkpoints_with_python_objects(tmp_path):
+    from mmengine.logging import HistoryBuffer
+    sd = {'w': torch.ones(2)}
+    path = tmp_path / 'runner.pth'
+    torch.save({'state_dict': copy.deepcopy(sd), 'message_hub': {'loss': HistoryBuffer([1.0, 2.0], [1, 1])}}, path)
+    with pytest.raises(Exception):  # what torch >= 2.6 does by default
+        torch.load(path)
+    ckpt = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    torch.testing.assert_close(ckpt['state_dict']['w'], sd['w'])
+    assert isinstance(ckpt['message_hub']['loss'], HistoryBuffer)
