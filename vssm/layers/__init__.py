@@ -2,3 +2,4 @@
 from .ss2d import SS2D, Linear2d, Permute, init_dt_bias, init_ssm_params
 from .blocks import VSSBlock
 from .gates import ChannelGate
+from .mamba1d import MultiMamba, DirectionSSM

@@ -38,3 +38,15 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(x)
+
+    def merge_directions(self, y: torch.Tensor) -> torch.Tensor:
+        """LocalMamba's merge: per-direction maps (B, K, C, L), channel-first -> sum_k y_k * gate(y_k), (B, C, L).
+
+        One shared gate, pooled over each direction's own output (BiAttn in the official code).
+        """
+        out = None
+        for k in range(y.shape[1]):
+            yk = y[:, k]
+            yk = yk * self.gate(yk.transpose(1, 2)).transpose(1, 2)
+            out = yk if out is None else out + yk
+        return out

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_act_layer, trunc_normal_
 
+from .gates import ChannelGate
 from ..ops import DirectionPlan, VMAMBA_PLAN, cross_scan_rows, plan_selective_scan
 
 __all__ = ['SS2D', 'Linear2d', 'Permute', 'init_dt_bias', 'init_ssm_params']
@@ -74,6 +75,7 @@ class SS2D(nn.Module):
             plan: DirectionPlan = VMAMBA_PLAN,
             proj_drop: float = 0.,
             pad_multiple: int = 1,
+            direction_gate: bool = False,
             device=None,
             dtype=None,
     ):
@@ -91,11 +93,14 @@ class SS2D(nn.Module):
             proj_drop: dropout after out_proj.
             pad_multiple: zero-pad the map to a multiple of this before the scan and crop after
                 (EfficientVMamba: the padded tokens sit inside its atrous sequences and advance the state).
+            direction_gate: LocalMamba's merge: each direction's output rescaled by one shared ChannelGate,
+                then summed (needs a plan with merge='none').
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if plan.merge == 'none':
-            raise ValueError('SS2D needs a plan that merges to a map (sum or mean); gate per direction outside it')
+        if (plan.merge == 'none') != direction_gate:
+            raise ValueError(f"SS2D needs merge='none' with direction_gate=True and 'sum' or 'mean' otherwise; got "
+                             f"merge={plan.merge!r}, direction_gate={direction_gate}")
         self.plan = plan
         K = plan.num_directions
         self.d_inner = d_inner = int(ssm_ratio * dim)
@@ -120,9 +125,12 @@ class SS2D(nn.Module):
         self.out_norm = nn.LayerNorm(d_inner, **dd)
         self.out_proj = nn.Linear(d_inner, dim, bias=False, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.direction_gate = ChannelGate(d_inner, **dd) if direction_gate else None
         self.init_weights()
 
     def init_weights(self) -> None:
+        if self.A_logs.is_meta:  # nothing to fill (and meta init ops are slow)
+            return
         trunc_normal_(self.in_proj.weight, std=.02)
         trunc_normal_(self.out_proj.weight, std=.02)
         # x_proj keeps nn.Linear's default init, as the official code does
@@ -132,6 +140,13 @@ class SS2D(nn.Module):
         if isinstance(self.conv2d, nn.Conv2d):
             self.conv2d.reset_parameters()
         self.out_norm.reset_parameters()
+        if self.direction_gate is not None:  # as the official LocalVMamba init: trunc_normal Linear, zero bias
+            for m in self.direction_gate.modules():
+                if isinstance(m, nn.Linear):
+                    trunc_normal_(m.weight, std=.02)
+                    nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.LayerNorm):
+                    m.reset_parameters()
 
     def ssm(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scan the (B, D, H, W) map over the plan; returns the merged (B, D, H, W) map.
@@ -164,6 +179,8 @@ class SS2D(nn.Module):
             z=None if z is None else z.flatten(2), delta_bias=self.dt_projs_bias.flatten().float(),
             index=index, length=L, merge=self.plan.merge, delta_softplus=True,
         )
+        if self.direction_gate is not None:
+            y = self.direction_gate.merge_directions(y)
         return y.view(Bt, D, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,3 +1,5 @@
 """Model families; importing this registers every model with timm."""
 from .vmamba import VMamba
 from .efficient_vmamba import EfficientVMamba
+from .vim import Vim
+from .localmamba import LocalVMamba
