@@ -12,16 +12,15 @@ pytest.importorskip('mmseg', reason='needs the OpenMMLab stack (scripts/install_
 
 import vssm.mm  # noqa: E402
 from mmengine.registry import MODELS as ROOT_MODELS  # noqa: E402
+from vssm.mm.testing import tiny_backbone_overrides  # noqa: E402
 
-TINY = dict(depths=(1, 1, 1, 1), dims=16)
-FAMILIES = {  # registry name -> default timm arch
-    'VMamba': 'vmamba_tiny_s1l8',
-    'EfficientVMamba': 'efficient_vmamba_tiny',
-}
+HIERARCHICAL = ('VMamba', 'EfficientVMamba', 'LocalVMamba')
+PLAIN = ('Vim', 'LocalVim')
 
 
 def _build(name, **kw):
-    return ROOT_MODELS.build(dict(type=f'vssm.{name}', **{**TINY, **kw}))
+    cfg = dict(type=f'vssm.{name}', **kw)
+    return ROOT_MODELS.build({**cfg, **tiny_backbone_overrides(cfg), **kw})
 
 
 def _down(n: int, times: int) -> int:
@@ -30,17 +29,25 @@ def _down(n: int, times: int) -> int:
     return n
 
 
-@pytest.mark.parametrize('name', list(FAMILIES))
+def _expected_hw(name, hw, level):
+    if name in HIERARCHICAL:  # stem /4, then one stride-2 step per stage
+        return _down(hw[0], level + 2), _down(hw[1], level + 2)
+    # plain: 16x16 patch grid (LocalVim pads up to whole patches, Vim drops the remainder), then x4 x2 x1 /2
+    grid = [math.ceil(n / 16) if name == 'LocalVim' else n // 16 for n in hw]
+    return tuple(g * 4 // 2 ** level if level < 3 else math.ceil(g / 2) for g in grid)
+
+
+@pytest.mark.parametrize('name', HIERARCHICAL + PLAIN)
 @pytest.mark.parametrize('hw', [(512, 512), (200, 304)], ids=['512x512', '800x1216_div4'])
 def test_output_maps_at_strides_4_to_32(name, hw):
     m = _build(name).eval()
     assert m.strides == (4, 8, 16, 32)
-    assert m.channels == (16, 32, 64, 128)
+    assert m.channels == ((16, 32, 64, 128) if name in HIERARCHICAL else (8, 16, 32, 32))
     with torch.no_grad():
         feats = m(torch.randn(1, 3, *hw))
     assert isinstance(feats, tuple) and len(feats) == 4
     for i, (f, c) in enumerate(zip(feats, m.channels)):
-        assert f.shape == (1, c, _down(hw[0], i + 2), _down(hw[1], i + 2)), (i, f.shape)
+        assert f.shape == (1, c, *_expected_hw(name, hw, i)), (i, f.shape)
         assert f.is_contiguous() and torch.isfinite(f).all()
     # per-output LayerNorm over channels: every position is normalised (weight 1, bias 0 at init)
     mean, var = feats[1].mean(1), feats[1].var(1, unbiased=False)
@@ -78,6 +85,22 @@ def test_frozen_stages():
         _build('VMamba', frozen_stages=5)
 
 
+def test_plain_pyramid_taps_and_freezing():
+    m = _build('Vim', depth=4, out_indices=(0, 1, 2, 3))
+    assert m.block_indices == (0, 1, 2, 3) and m.tap_for_scale == [0, 1, 2, 3]
+    vitdet = _build('Vim', depth=4)
+    assert vitdet.block_indices == (3,) and vitdet.tap_for_scale == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match='one per scale'):
+        _build('Vim', depth=4, out_indices=(1, 3))
+    f = _build('Vim', depth=4, frozen_stages=2).train()
+    model = f.body.model
+    assert not model.pos_embed.requires_grad and not model.cls_token.requires_grad
+    assert not any(p.requires_grad for p in model.patch_embed.parameters())
+    assert not any(p.requires_grad for blk in model.blocks[:2] for p in blk.parameters())
+    assert all(p.requires_grad for blk in model.blocks[2:] for p in blk.parameters())
+    assert not model.blocks[0].training and model.blocks[2].training
+
+
 def test_norm_eval_keeps_batchnorm_statistics():
     m = _build('EfficientVMamba', norm_eval=True)
     bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
@@ -104,19 +127,23 @@ def test_gradient_checkpointing_same_output():
     assert all(p.grad is not None for p in b.parameters())
 
 
-def test_registered_for_mmdet_and_mmseg_scopes():
+@pytest.mark.parametrize('name', HIERARCHICAL + PLAIN)
+def test_registered_for_mmdet_and_mmseg_scopes(name):
     from mmdet.registry import MODELS as DET
-    from mmseg.registry import MODELS as SEG
     from mmengine.registry import DefaultScope
+    from mmseg.registry import MODELS as SEG
     for scope, registry in (('mmdet', DET), ('mmseg', SEG)):
+        cfg = dict(type=f'vssm.{name}')
         with DefaultScope.overwrite_default_scope(scope):
-            m = registry.build(dict(type='vssm.VMamba', **TINY))
-        assert type(m).__name__ == 'VMambaBackbone'
+            m = registry.build({**cfg, **tiny_backbone_overrides(cfg)})
+        assert type(m).__name__ == f'{name}Backbone'
 
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match='efficient_vmamba_tiny'):
         _build('VMamba', arch='efficient_vmamba_tiny')  # another family's model
+    with pytest.raises(ValueError, match='local_vim_tiny'):
+        _build('LocalVMamba', arch='local_vim_tiny')  # same module, the other (plain) model
     with pytest.raises(ValueError, match='unknown timm model'):
         _build('VMamba', arch='vmamba_huge')
     with pytest.raises(TypeError):

@@ -138,3 +138,53 @@ def test_mmengine_loader_reads_checkpoints_with_python_objects(tmp_path):
     ckpt = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
     torch.testing.assert_close(ckpt['state_dict']['w'], sd['w'])
     assert isinstance(ckpt['message_hub']['loss'], HistoryBuffer)
+
+
+@pytest.mark.parametrize('name', ['EfficientVMamba', 'LocalVMamba', 'Vim', 'LocalVim'])
+def test_every_family_loads_its_classification_checkpoint(name, tmp_path):
+    from vssm.mm.testing import tiny_backbone_overrides
+    cfg = dict(type=f'vssm.{name}')
+    cfg.update(tiny_backbone_overrides(cfg))
+    probe = ROOT_MODELS.build(cfg)
+    clf = timm.create_model(probe.arch, num_classes=7, **probe.model_kwargs)  # same architecture
+    path = tmp_path / 'last.pth.tar'
+    _save_like_train_py(clf, path)
+    bb = ROOT_MODELS.build(dict(cfg, pretrained=str(path)))
+    bb.init_weights()
+    _assert_body_equals(bb, clf.state_dict())
+
+
+def _to_official_vim(sd):
+    """Our Vim keys -> hustvl/Vim names (layers, norm_f, *_b backward-direction tensors)."""
+    names = {'dirs.0.conv1d.': 'conv1d.', 'dirs.0.x_proj.': 'x_proj.', 'dirs.0.dt_proj.': 'dt_proj.',
+             'dirs.0.A_log': 'A_log', 'dirs.0.D': 'D', 'dirs.1.conv1d.': 'conv1d_b.', 'dirs.1.x_proj.': 'x_proj_b.',
+             'dirs.1.dt_proj.': 'dt_proj_b.', 'dirs.1.A_log': 'A_b_log', 'dirs.1.D': 'D_b'}
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r'^blocks\.', 'layers.', k)
+        k = re.sub(r'^norm\.', 'norm_f.', k)
+        head, sep, rest = k.partition('.mixer.')
+        for ours, theirs in names.items():
+            if sep and rest.startswith(ours):
+                k = head + sep + theirs + rest[len(ours):]
+                break
+        out[k] = v
+    return out
+
+
+def test_official_vim_checkpoint_loads_with_position_embedding_resampled(tmp_path):
+    from vssm.models.vim import resample_pos_embed
+    clf = timm.create_model('vim_tiny', embed_dim=32, depth=2)  # trained at 224: 14x14 table + class token
+    official = _to_official_vim(clf.state_dict())
+    assert 'layers.0.mixer.A_b_log' in official and 'norm_f.weight' in official
+    path = tmp_path / 'vim_t_midclstok.pth'
+    torch.save({'model': official}, path)
+    bb = ROOT_MODELS.build(dict(type='vssm.Vim', embed_dim=32, depth=2, img_size=96, pretrained=str(path)))
+    bb.init_weights()
+    body = bb.body.model.state_dict()
+    assert body['pos_embed'].shape == (1, 6 * 6 + 1, 32)
+    torch.testing.assert_close(body['pos_embed'], resample_pos_embed(clf.pos_embed.detach(), bb.body.model))
+    torch.testing.assert_close(body['cls_token'], clf.cls_token.detach())
+    _assert_body_equals(bb, {**clf.state_dict(), 'pos_embed': body['pos_embed']})
+    # and it runs on another input size (the table is resampled again on the fly)
+    assert [f.shape[-2:] for f in bb(torch.randn(1, 3, 64, 128))][2] == (4, 8)

@@ -18,11 +18,16 @@ from mmengine.utils import import_modules_from_strings  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DET = sorted((REPO / 'configs' / 'mmdet').glob('*.py'))
 SEG = sorted((REPO / 'configs' / 'mmseg').glob('*.py'))
-TINY = dict(depths=(1, 1, 1, 1), dims=16)
 
 
 def test_configs_present():
     names = {p.name for p in DET + SEG}
+    for family in ('efficient-vmamba', 'local-vmamba'):
+        for recipe in ('mask-rcnn_{}-tiny_fpn_1x_coco', 'mask-rcnn_{}-tiny_fpn_ms-crop-3x_coco',
+                       'retinanet_{}-tiny_fpn_1x_coco', 'upernet_{}-tiny_8xb2-160k_ade20k-512x512'):
+            assert recipe.format(family) + '.py' in names
+    for family in ('vim', 'local-vim'):
+        assert f'upernet_{family}-tiny_8xb2-160k_ade20k-512x512.py' in names
     for size in ('tiny', 'small', 'base'):
         assert f'mask-rcnn_vmamba-{size}_fpn_1x_coco.py' in names
         assert f'mask-rcnn_vmamba-{size}_fpn_ms-crop-3x_coco.py' in names
@@ -97,15 +102,20 @@ def test_config_builds_trains_and_predicts(path):
         model_cfg = cfg.model
         if cfg.default_scope == 'mmseg':
             model_cfg.data_preprocessor.size = (64, 64)
-        model = registry.build(shrink_model_cfg(model_cfg, **TINY))
+        model = registry.build(shrink_model_cfg(model_cfg))
         model.init_weights()
         batch = _det_batch() if cfg.default_scope == 'mmdet' else _seg_batch()
 
         # one optimiser step with the config's own optimiser (param-wise: no decay on norms)
         optim = build_optim_wrapper(model, cfg.optim_wrapper)
         decay = {id(p): g['weight_decay'] for g in optim.optimizer.param_groups for p in g['params']}
-        assert decay[id(model.backbone.outnorm3.weight)] == 0.0
-        assert decay[id(model.backbone.body.model.stem[0].weight)] == cfg.optim_wrapper.optimizer.weight_decay
+        body = model.backbone.body.model
+        first_conv = next(m for m in body.modules() if isinstance(m, torch.nn.Conv2d))
+        assert decay[id(first_conv.weight)] == cfg.optim_wrapper.optimizer.weight_decay
+        assert decay[id(getattr(model.backbone, f'outnorm{model.backbone.out_indices[-1]}').weight)] == 0.0
+        for name in ('pos_embed', 'cls_token'):
+            if getattr(body, name, None) is not None:
+                assert decay[id(getattr(body, name))] == 0.0, name
 
         model.train()
         data = model.data_preprocessor(batch, True)

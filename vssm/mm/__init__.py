@@ -5,7 +5,8 @@ MODELS registry, so mmdet and mmseg configs both use them as ``type='vssm.<Name>
 ``custom_imports=dict(imports=['vssm.mm'])``. It also routes mmengine's checkpoint loading through
 ``load_checkpoint_file`` (torch >= 2.6 weights_only default; see vssm/mm/checkpoint.py).
 
-Backbones: vssm.VMamba, vssm.EfficientVMamba.
+Backbones: vssm.VMamba, vssm.EfficientVMamba, vssm.LocalVMamba (hierarchical, strides 4..32);
+vssm.Vim, vssm.LocalVim (plain, with a ViTDet-style simple feature pyramid at strides 4..32).
 """
 try:
     import mmengine  # noqa: F401
@@ -17,5 +18,8 @@ from .registry import MODELS
 from .base import HierarchicalBackbone, TimmBackboneBase
 from .vmamba import VMambaBackbone
 from .efficient_vmamba import EfficientVMambaBackbone
+from .localmamba import LocalVimBackbone, LocalVMambaBackbone
+from .plain import PlainBackbone
+from .vim import VimBackbone
 
 patch_mmengine_checkpoint_loader()

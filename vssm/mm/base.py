@@ -5,8 +5,9 @@ Weights are loaded by the backbone itself (``init_cfg=dict(type='Pretrained', ch
 must cover every weight of the backbone, otherwise loading raises. mmengine's own PretrainedInit would
 load with ``strict=False`` and only warn, which trains from scratch unnoticed.
 """
+import fnmatch
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -32,11 +33,14 @@ def _strip(sd: StateDict, prefix: str) -> StateDict:
 class TimmBackboneBase(BaseModule):
     """Holds a timm model of one vssm family and loads checkpoints into it, loudly.
 
-    Subclasses set ``family_module`` (the vssm.models module whose timm entrypoints they accept; its
-    ``checkpoint_filter_fn`` maps official checkpoints) and build ``self.model`` plus their own layers.
+    Subclasses set ``family_module`` / ``arch_pattern`` (the timm entrypoints they accept) and
+    ``filter_fn_name`` (the family's official-checkpoint key map), and build ``self.body`` (a timm
+    FeatureGetterNet around the model) plus their own layers.
     """
     family_module: str = ''
-    model_attr_prefix: str = ''  # where the timm model's weights live in this module's state_dict
+    arch_pattern: str = '*'  # timm names this backbone accepts (fnmatch)
+    filter_fn_name: str = 'checkpoint_filter_fn'  # the family module's official-checkpoint key map
+    model_attr_prefix: str = 'body.model.'  # where the timm model's weights live in this module's state_dict
 
     def __init__(self, arch: str, model_kwargs: Dict, pretrained: Optional[str], init_cfg):
         if pretrained is not None:
@@ -53,9 +57,9 @@ class TimmBackboneBase(BaseModule):
         if not is_model(arch):
             raise ValueError(f'{type(self).__name__}: unknown timm model {arch!r}')
         module = model_entrypoint(arch).__module__
-        if module != self.family_module:
-            raise ValueError(f'{type(self).__name__} wraps models from {self.family_module}, '
-                             f'but {arch!r} comes from {module}; use that family\'s backbone type')
+        if module != self.family_module or not fnmatch.fnmatch(arch, self.arch_pattern):
+            raise ValueError(f'{type(self).__name__} wraps {self.arch_pattern} models of {self.family_module}, '
+                             f'not {arch!r} ({module}): use that family\'s backbone type')
 
     # ------------------------------------------------------------------ weights
 
@@ -64,14 +68,14 @@ class TimmBackboneBase(BaseModule):
         return timm.create_model(self.arch, pretrained=False, device='meta', **self.model_kwargs)
 
     def _filter_fn(self) -> Callable[[StateDict, nn.Module], StateDict]:
-        return sys.modules[self.family_module].checkpoint_filter_fn
+        return getattr(sys.modules[self.family_module], self.filter_fn_name)
 
     def _timm_model(self) -> nn.Module:
-        raise NotImplementedError
+        return self.body.model
 
     def _extra_state_prefixes(self) -> Tuple[str, ...]:
         """Prefixes of this module's own (non-timm) weights that a checkpoint may also carry."""
-        return ()
+        return ('outnorm',)
 
     def _pretrained_cfg(self) -> Optional[Dict]:
         cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg] if self.init_cfg else []
@@ -159,6 +163,34 @@ class TimmBackboneBase(BaseModule):
         return list(own)
 
 
+    # ------------------------------------------------------------------ freezing
+
+    frozen_stages: int = -1
+    norm_eval: bool = False
+
+    def _frozen_parts(self) -> List[Union[nn.Module, nn.Parameter]]:
+        """Modules / parameters that frozen_stages keeps fixed (and modules in eval mode)."""
+        return []
+
+    def _freeze_stages(self) -> None:
+        for part in self._frozen_parts():
+            if isinstance(part, nn.Parameter):
+                part.requires_grad = False
+                continue
+            part.eval()
+            for p in part.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+
 class HierarchicalBackbone(TimmBackboneBase):
     """A hierarchical vssm model (stem + stages) as a backbone: NCHW maps at `out_indices`, each LayerNorm'ed.
 
@@ -176,8 +208,6 @@ class HierarchicalBackbone(TimmBackboneBase):
         **model_kwargs: passed to the timm constructor (depths, dims, drop_path_rate, ...); unknown names
             raise TypeError there.
     """
-    model_attr_prefix = 'body.model.'
-
     def __init__(
             self,
             arch: str,
@@ -209,13 +239,7 @@ class HierarchicalBackbone(TimmBackboneBase):
             self.body.model.set_grad_checkpointing(True)
         self._freeze_stages()
 
-    def _timm_model(self) -> nn.Module:
-        return self.body.model
-
-    def _extra_state_prefixes(self) -> Tuple[str, ...]:
-        return ('outnorm',)
-
-    def _frozen_modules(self) -> List[nn.Module]:
+    def _frozen_parts(self) -> List[Union[nn.Module, nn.Parameter]]:
         if self.frozen_stages < 0:
             return []
         mods = [self.body.model.stem]
@@ -224,21 +248,6 @@ class HierarchicalBackbone(TimmBackboneBase):
             if hasattr(self, f'outnorm{i}'):
                 mods.append(getattr(self, f'outnorm{i}'))
         return mods
-
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         feats = self.body(x)

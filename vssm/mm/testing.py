@@ -1,13 +1,14 @@
 """Shrink an mm model config to smoke-test size (tests and quick CPU checks; never for training).
 
-``shrink_model_cfg(cfg.model, depths=(1, 1, 1, 1), dims=16)`` keeps the config's structure (same backbone
-type, neck, heads, losses, samplers) but narrows every 256/512/1024-wide layer to `width`, caps proposal and
-sample counts, shrinks the backbone through its own constructor arguments, and drops the pretrained init.
+``shrink_model_cfg(cfg.model)`` keeps the config's structure (same backbone type, neck, heads, losses,
+samplers) but narrows every 256/512/1024-wide layer to `width`, caps proposal and sample counts, shrinks the
+backbone through its own constructor arguments (``tiny_backbone_overrides``, or yours), and drops the
+pretrained init.
 """
 import copy
 from typing import Any, Dict
 
-__all__ = ['shrink_model_cfg']
+__all__ = ['shrink_model_cfg', 'tiny_backbone_overrides']
 
 _WIDTH_KEYS = ('in_channels', 'out_channels', 'feat_channels', 'conv_out_channels', 'fc_out_channels', 'channels')
 _CAPS = {'nms_pre': 64, 'max_per_img': 32, 'num': 16}
@@ -29,13 +30,37 @@ def _shrink(node: Any, width: int) -> Any:
     return node
 
 
+_SCAN = ('h', 'h_flip', 'w2', 'w7_flip')  # one searched-style direction list for shrunk LocalMamba models
+
+
+def tiny_backbone_overrides(backbone_cfg: Dict) -> Dict:
+    """Constructor arguments that make a vssm backbone config tiny (1-block stages / 2-4 blocks, 16-32 wide)."""
+    kind = str(backbone_cfg['type']).split('.')[-1]
+    if kind in ('VMamba', 'EfficientVMamba', 'LocalVMamba'):
+        out = dict(depths=(1, 1, 1, 1), dims=16)
+        if kind == 'LocalVMamba':
+            out['directions'] = [_SCAN] * 4
+        return out
+    if kind in ('Vim', 'LocalVim'):
+        taps = len(backbone_cfg.get('out_indices', (-1,)))
+        depth = max(2, taps)
+        out = dict(embed_dim=32, depth=depth, img_size=64, out_indices=(-1,) if taps == 1 else tuple(range(taps)))
+        if kind == 'LocalVim':
+            out['directions'] = [_SCAN] * depth
+        return out
+    raise ValueError(f'no tiny settings for backbone type {backbone_cfg["type"]!r}')
+
+
 def shrink_model_cfg(model_cfg: Dict, width: int = 32, **backbone_overrides) -> Dict:
-    """A copy of a detector / segmentor config at smoke-test size; backbone channels read from a real build."""
+    """A copy of a detector / segmentor config at smoke-test size; backbone channels read from a real build.
+
+    backbone_overrides default to ``tiny_backbone_overrides(model_cfg['backbone'])``.
+    """
     from mmengine.registry import MODELS
 
     cfg = copy.deepcopy(model_cfg)
     backbone = cfg['backbone']
-    backbone.update(backbone_overrides)
+    backbone.update(backbone_overrides or tiny_backbone_overrides(backbone))
     backbone['init_cfg'] = None
     channels = list(MODELS.build(copy.deepcopy(backbone)).channels)
     backbone_cfg = cfg.pop('backbone')
