@@ -1,0 +1,1 @@
+"""Helpers shared by the command-line tools in tools/ (training, conversion, benchmarks, ERF)."""
