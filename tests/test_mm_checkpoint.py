@@ -116,13 +116,15 @@ def test_incomplete_or_mismatched_checkpoints_raise(tmp_path):
         bb.init_weights()
 
 
-def test_detector_checkpoint_initialises_backbone_with_out_norms(tmp_path):
+@pytest.mark.parametrize('prefix', [None, 'backbone.'])
+def test_detector_checkpoint_initialises_backbone_with_out_norms(tmp_path, prefix):
     det = _detector(None)
     with torch.no_grad():
         det.backbone.outnorm2.weight.uniform_()
     path = tmp_path / 'epoch_1.pth'
     torch.save({'meta': {'epoch': 1}, 'state_dict': det.state_dict()}, path)
-    bb = ROOT_MODELS.build(dict(type='vssm.VMamba', pretrained=str(path), **TINY))
+    init_cfg = dict(type='Pretrained', checkpoint=str(path), **({'prefix': prefix} if prefix else {}))
+    bb = ROOT_MODELS.build(dict(type='vssm.VMamba', init_cfg=init_cfg, **TINY))
     bb.init_weights()
     for k, v in bb.state_dict().items():
         torch.testing.assert_close(v, det.state_dict()['backbone.' + k], rtol=0, atol=0, msg=k)

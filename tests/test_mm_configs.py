@@ -135,3 +135,22 @@ def test_config_builds_trains_and_predicts(path):
             assert 'bboxes' in preds[0].pred_instances
         else:
             assert preds[0].pred_sem_seg.data.shape[-2:] == (64, 64)
+
+
+# VMamba paper (v3, tables 2 and 3): Mask R-CNN / UperNet parameter counts with the s1l8 / s2l15 backbones
+PUBLISHED_PARAMS_M = {
+    'mask-rcnn_vmamba-tiny_fpn_1x_coco': 50, 'mask-rcnn_vmamba-small_fpn_1x_coco': 70,
+    'mask-rcnn_vmamba-base_fpn_1x_coco': 108, 'upernet_vmamba-tiny_8xb2-160k_ade20k-512x512': 62,
+    'upernet_vmamba-small_8xb2-160k_ade20k-512x512': 82, 'upernet_vmamba-base_8xb2-160k_ade20k-512x512': 122,
+}
+
+
+@pytest.mark.parametrize('stem', list(PUBLISHED_PARAMS_M))
+def test_full_size_parameter_count_matches_published(stem):
+    path = next(p for p in DET + SEG if p.stem == stem)
+    cfg = _load(path)
+    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.device = 'meta'  # the backbone is the large part: no memory, no init
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = _registry(cfg.default_scope).build(cfg.model)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == PUBLISHED_PARAMS_M[stem]

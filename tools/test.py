@@ -9,7 +9,6 @@ Needs the OpenMMLab stack (scripts/install_mm.sh).
 """
 import argparse
 import json
-import sys
 
 
 def parse_args(argv=None):
@@ -41,4 +40,3 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
-    sys.exit(0)
