@@ -1,6 +1,8 @@
 // The installed extension `vssm_cuda_scan`: forward/backward of the fused plan scan on CUDA tensors.
-#include <ATen/cuda/CUDAContext.h>
+// c10/cuda only (not ATen/cuda): these need nothing of the toolkit beyond the CUDA runtime headers
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 
 #include "binding_common.h"
 #include "scan_api.h"
@@ -17,8 +19,13 @@ struct CudaRunner {
     TORCH_CHECK(t.device() == guard->current_device(), "vssm cuda scan: ", name, " is on ", t.device(),
                 ", expected every input on ", guard->current_device());
   }
-  int num_sms(const at::Tensor&) { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
-  void* stream() { return static_cast<void*>(at::cuda::getCurrentCUDAStream().stream()); }
+  int num_sms(const at::Tensor& t) {
+    int sms = 0;
+    TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.get_device()) == cudaSuccess,
+                "vssm cuda scan: cannot query the device's multiprocessor count");
+    return sms;
+  }
+  void* stream() { return static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()); }
   void forward(const ScanParams& p, DType t) {
     switch (t) {
       case kFloat32: return cuda_forward_f32(p, stream());

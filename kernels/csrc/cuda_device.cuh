@@ -30,8 +30,18 @@ struct CudaCtx {
   VSSM_DEVICE void sync() const { __syncthreads(); }
 };
 
+// Launch bounds: at most 256 threads per block (scan bodies use <= 128, element-wise ones 256). By default 2
+// blocks of 256 per SM, which caps registers at 128 per thread so the d_state-16 scans keep some occupancy;
+// a body that needs more registers (the backward main pass, whose occupancy is bounded by its shared
+// memory anyway) declares kMinBlocks = 1.
 template <class Body>
-__global__ void body_kernel(const ScanParams p) {
+constexpr int min_blocks() {
+  if constexpr (requires { Body::kMinBlocks; }) return Body::kMinBlocks;
+  return 2;
+}
+
+template <class Body>
+__global__ void __launch_bounds__(256, min_blocks<Body>()) body_kernel(const ScanParams p) {
   extern __shared__ float smem[];
   Body::run(CudaCtx{}, p, smem);
 }

@@ -129,7 +129,9 @@ struct ChunkStateBody {
       sum_dt += dtv;
     }
     const int64_t s = state_slot(p, b, k, j, d);
-    for (int n = 0; n < p.N; ++n) p.states[s * p.N + n] = h[n];
+#pragma unroll
+    for (int n = 0; n < kN; ++n)
+      if (n < p.N) p.states[s * p.N + n] = h[n];
     p.sdt[s] = sum_dt;
   }
 };
@@ -240,7 +242,9 @@ struct ChunkCarryBody {
         if (n < p.N) carry[n] = expf(dtv * ch.A[n]) * (gy * ch.Cv(n, t) + carry[n]);
     }
     const int64_t s = state_slot(p, b, k, j, d);
-    for (int n = 0; n < p.N; ++n) p.carries[s * p.N + n] = carry[n];
+#pragma unroll
+    for (int n = 0; n < kN; ++n)
+      if (n < p.N) p.carries[s * p.N + n] = carry[n];
   }
 };
 
@@ -277,6 +281,7 @@ struct CarryCombineBody {
 template <typename T, int kN>
 struct BackwardMainBody {
   static constexpr bool kUsesBarrier = true;
+  static constexpr int kMinBlocks = 1;  // up to 255 registers: d_state 16 keeps h, carry, dA and A in registers
   template <class Ctx>
   VSSM_DEVICE static void run(const Ctx& c, const ScanParams& p, float* smem) {
     const int j = c.bx(), b = c.by(), k = p.k, tid = c.tid(), nt = c.nthreads();
@@ -308,7 +313,9 @@ struct BackwardMainBody {
 
       // forward over the chunk, checkpointing the state before each sub-chunk
       for (int sb = 0; sb < nsub; ++sb) {
-        for (int n = 0; n < N; ++n) ckpt[(sb * N + n) * nt + tid] = h[n];
+#pragma unroll
+        for (int n = 0; n < kN; ++n)
+          if (n < N) ckpt[(sb * N + n) * nt + tid] = h[n];
         if (!active) continue;
         const int s1 = imin(t1, t0 + (sb + 1) * S);
         for (int t = t0 + sb * S; t < s1; ++t) ch.step(h, t, ch.dt(ch.delta_in(t)), ch.u(t, ch.pos(t)));
@@ -317,10 +324,13 @@ struct BackwardMainBody {
       for (int sb = nsub - 1; sb >= 0; --sb) {
         const int s0 = t0 + sb * S, s1 = imin(t1, s0 + S), rows = s1 - s0;
         if (active) {
-          for (int n = 0; n < N; ++n) h[n] = ckpt[(sb * N + n) * nt + tid];
+#pragma unroll
+          for (int n = 0; n < kN; ++n) h[n] = n < N ? ckpt[(sb * N + n) * nt + tid] : 0.f;
           for (int t = s0; t < s1; ++t) {
             ch.step(h, t, ch.dt(ch.delta_in(t)), ch.u(t, ch.pos(t)));
-            for (int n = 0; n < N; ++n) hs[((t - s0) * N + n) * nt + tid] = h[n];
+#pragma unroll
+            for (int n = 0; n < kN; ++n)
+              if (n < N) hs[((t - s0) * N + n) * nt + tid] = h[n];
           }
         }
         for (int t = s1 - 1; t >= s0; --t) {
@@ -379,7 +389,9 @@ struct BackwardMainBody {
         c.sync();
       }
       if (active) {
-        for (int n = 0; n < N; ++n) p.states[slot * N + n] = dA[n];
+#pragma unroll
+        for (int n = 0; n < kN; ++n)
+          if (n < N) p.states[slot * N + n] = dA[n];
         p.dD_part[slot] = dD;
         p.dbias_part[slot] = dbias;
       }
