@@ -204,7 +204,8 @@ def official_local_vmamba_state_dict(depths, dim=96, d_state=16, num_dirs=4, num
             p = f'layers.{i}.blocks.{j}.'
             shapes.update({
                 p + 'norm.weight': (d,), p + 'norm.bias': (d,),
-                p + 'op.in_proj.weight': (2 * Di, d), p + 'op.conv2d.weight': (Di, 1, 3, 3), p + 'op.conv2d.bias': (Di,),
+                p + 'op.in_proj.weight': (2 * Di, d),
+                p + 'op.conv2d.weight': (Di, 1, 3, 3), p + 'op.conv2d.bias': (Di,),
                 p + 'op.x_proj_weight': (K, R + 2 * N, Di), p + 'op.dt_projs_weight': (K, Di, R),
                 p + 'op.dt_projs_bias': (K, Di), p + 'op.A_logs': (K * Di, N), p + 'op.Ds': (K * Di,),
                 p + 'op.out_norm.weight': (Di,), p + 'op.out_norm.bias': (Di,), p + 'op.out_proj.weight': (d, Di),
@@ -216,7 +217,8 @@ def official_local_vmamba_state_dict(depths, dim=96, d_state=16, num_dirs=4, num
             })
         if i < len(depths) - 1:
             shapes.update({f'layers.{i}.downsample.reduction.weight': (dims[i + 1], 4 * d),
-                           f'layers.{i}.downsample.norm.weight': (4 * d,), f'layers.{i}.downsample.norm.bias': (4 * d,)})
+                           f'layers.{i}.downsample.norm.weight': (4 * d,),
+                           f'layers.{i}.downsample.norm.bias': (4 * d,)})
     return {k: torch.randn(s, device=device) for k, s in shapes.items()}
 
 
@@ -251,11 +253,13 @@ def test_official_local_vim_checkpoint_loads_values(tmp_path):
     params, buffers = official_local_vim_state_dict(32, depth=2, device='cpu')
     path = tmp_path / 'local_vim.ckpt'
     torch.save({'state_dict': {'module.' + k: v for k, v in {**params, **buffers}.items()}, 'epoch': 3}, path)
-    model = timm.create_model('local_vim_tiny', embed_dim=32, depth=2, directions=LOCAL_VIM_DIRECTIONS['local_vim_tiny'][:2],
+    model = timm.create_model('local_vim_tiny', embed_dim=32, depth=2,
+                              directions=LOCAL_VIM_DIRECTIONS['local_vim_tiny'][:2],
                               pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     ours = model.state_dict()
     assert len(ours) == len(params)
-    for k, ok in {'blocks.1.mixer.dirs.3.A_log': 'layers.1.mixer.A_log_3', 'blocks.0.mixer.dirs.2.D': 'layers.0.mixer.D_2',
+    for k, ok in {'blocks.1.mixer.dirs.3.A_log': 'layers.1.mixer.A_log_3',
+                  'blocks.0.mixer.dirs.2.D': 'layers.0.mixer.D_2',
                   'blocks.1.mixer.dirs.1.x_proj.weight': 'layers.1.mixer.x_proj_1.weight',
                   'blocks.0.mixer.dirs.0.conv1d.bias': 'layers.0.mixer.conv1d_0.bias',
                   'blocks.1.mixer.direction_gate.channel_select.weight': 'layers.1.mixer.attn.channel_select.weight',

@@ -62,9 +62,11 @@ def test_official_checkpoint_loads_values(tmp_path):
                               pretrained_cfg_overlay=dict(file=str(path)))
     ours = model.state_dict()
     assert len(ours) == len(sd)
-    pairs = {'blocks.1.mixer.dirs.1.A_log': 'layers.1.mixer.A_b_log', 'blocks.1.mixer.dirs.0.A_log': 'layers.1.mixer.A_log',
+    pairs = {'blocks.1.mixer.dirs.1.A_log': 'layers.1.mixer.A_b_log',
+             'blocks.1.mixer.dirs.0.A_log': 'layers.1.mixer.A_log',
              'blocks.0.mixer.dirs.1.conv1d.weight': 'layers.0.mixer.conv1d_b.weight',
-             'blocks.0.mixer.dirs.1.dt_proj.bias': 'layers.0.mixer.dt_proj_b.bias', 'blocks.0.mixer.dirs.1.D': 'layers.0.mixer.D_b',
+             'blocks.0.mixer.dirs.1.dt_proj.bias': 'layers.0.mixer.dt_proj_b.bias',
+             'blocks.0.mixer.dirs.1.D': 'layers.0.mixer.D_b',
              'norm.weight': 'norm_f.weight', 'pos_embed': 'pos_embed', 'head.weight': 'head.weight'}
     for k, ok in pairs.items():
         torch.testing.assert_close(ours[k], sd[ok])

@@ -19,7 +19,6 @@ import re
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
@@ -158,7 +157,8 @@ def _remap_local_vmamba_key(k: str) -> str:
     return k.replace('classifier.norm.', 'norm.', 1).replace('classifier.head.', 'head.fc.', 1)
 
 
-def local_vmamba_checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: LocalVMamba) -> Dict[str, torch.Tensor]:
+def local_vmamba_checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor],
+                                      model: LocalVMamba) -> Dict[str, torch.Tensor]:
     """Official LocalVMamba checkpoints (`state_dict` / `model` wrappers, `module.` prefix) -> vssm keys."""
     state_dict = unwrap_state_dict(state_dict)
     out = {_remap_local_vmamba_key(k): v for k, v in state_dict.items()}
