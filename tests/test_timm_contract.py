@@ -23,7 +23,8 @@ def _vssm_models():
 
 MODELS = _vssm_models()
 FWD_SIZE = 96
-BWD_SIZE = 128
+BWD_SIZE = 96  # timm uses 128; the full-size models' CPU backward dominates CI time
+PRUNE_SIZE = 64
 
 
 def _non_std(model) -> bool:
@@ -161,7 +162,7 @@ def test_model_forward_intermediates(model_name):
 @pytest.mark.parametrize('model_name', MODELS)
 def test_prune_intermediate_layers(model_name):
     model = timm.create_model(model_name, drop_rate=0.5)
-    x = torch.randn(2, 3, FWD_SIZE, FWD_SIZE)
+    x = torch.randn(2, 3, PRUNE_SIZE, PRUNE_SIZE)
     n = len(model.feature_info)
     with torch.no_grad():
         taps = model.eval().forward_intermediates(x, intermediates_only=True)

@@ -208,6 +208,8 @@ class VMamba(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Official initialisation (Linear trunc_normal .02, LayerNorm 1/0, SS2D's own), works after to_empty."""
+        if next(self.parameters()).is_meta:  # nothing to fill, and init ops on meta are slow
+            return
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=.02)
