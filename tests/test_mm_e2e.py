@@ -3,6 +3,10 @@ set (boxes + masks) then tools/test.py (COCO box / mask AP), and run_mm_train / 
 segmentation set (mIoU). The shipped configs are used with the model shrunk and the data swapped."""
 import importlib.util
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +72,8 @@ def _shrunk(cfg, scope):
         return shrink_model_cfg(cfg.model, **TINY)
 
 
-def test_mask_rcnn_train_py_then_test_py_on_tiny_coco(tmp_path):
+def _tiny_coco_config(tmp_path: Path) -> Path:
+    """The shipped Mask R-CNN VMamba-T config, shrunk, on a generated 4-image COCO set, 1 epoch."""
     data = tmp_path / 'coco'
     _write_coco(data)
     cfg = Config.fromfile(str(REPO / 'configs/mmdet/mask-rcnn_vmamba-tiny_fpn_1x_coco.py'))
@@ -95,7 +100,11 @@ def test_mask_rcnn_train_py_then_test_py_on_tiny_coco(tmp_path):
     cfg.default_hooks.logger.interval = 1
     cfg_file = tmp_path / 'mask_rcnn_tiny_coco.py'
     cfg.dump(str(cfg_file))
+    return cfg_file
 
+
+def test_mask_rcnn_train_py_then_test_py_on_tiny_coco(tmp_path):
+    cfg_file = _tiny_coco_config(tmp_path)
     work = tmp_path / 'work'
     _tool('train').main([str(cfg_file), '--work-dir', str(work)])
     ckpt = work / 'epoch_1.pth'
@@ -143,3 +152,25 @@ def test_upernet_run_mm_train_and_test_on_tiny_ade(tmp_path):
     assert ckpt.is_file()
     metrics = run_mm_test(str(cfg_file), str(ckpt), work_dir=str(tmp_path / 'test'))
     assert 0.0 <= metrics['mIoU'] <= 100.0, metrics
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    """tools/train.py under torchrun: mmengine's 'pytorch' launcher, gloo and DDP without device ids on CPU."""
+    cfg_file = _tiny_coco_config(tmp_path)
+    work = tmp_path / 'ddp'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port', str(_free_port()),
+         str(REPO / 'tools' / 'train.py'), str(cfg_file), '--work-dir', str(work)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (work / 'epoch_1.pth').is_file()
+    log = next(work.glob('*/*.log')).read_text()
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log  # mmengine's name for world size
+    assert 'Epoch(train) [1][1/1]' in log  # 4 images / (2 processes x 2 per batch)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

@@ -47,6 +47,21 @@ def load_mm_config(config_path: str, work_dir: Optional[str] = None, cfg_options
     return cfg
 
 
+def _prepare_cpu_distributed(cfg: Config) -> None:
+    """mmengine 0.10.7's 'pytorch' launcher assumes CUDA (torch.cuda.set_device, DDP device_ids). Without a
+    GPU: join the torchrun group with gloo first (mmengine then uses the existing group) and wrap the model
+    in DDP without device ids."""
+    import torch
+    import torch.distributed as dist
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group('gloo', init_method='env://')
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                                     find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
 def run_mm_train(config_path: str, work_dir: Optional[str] = None, cfg_options: Optional[Dict[str, Any]] = None,
                  launcher: str = 'none', resume: Union[bool, str] = False, amp: bool = False) -> Runner:
     """Train an mm config with mmengine's Runner; checkpoints and logs go to work_dir. Returns the runner.
@@ -66,6 +81,7 @@ def run_mm_train(config_path: str, work_dir: Optional[str] = None, cfg_options: 
     if resume:
         cfg.resume = True
         cfg.load_from = resume if isinstance(resume, str) else None
+    _prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
@@ -81,5 +97,6 @@ def run_mm_test(config_path: str, checkpoint: str, work_dir: Optional[str] = Non
     cfg.load_from = checkpoint
     cfg.resume = False
     os.makedirs(cfg.work_dir, exist_ok=True)
+    _prepare_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     return runner.test()
