@@ -190,3 +190,15 @@ def test_official_vim_checkpoint_loads_with_position_embedding_resampled(tmp_pat
     _assert_body_equals(bb, {**clf.state_dict(), 'pos_embed': body['pos_embed']})
     # and it runs on another input size (the table is resampled again on the fly)
     assert [f.shape[-2:] for f in bb(torch.randn(1, 3, 64, 128))][2] == (4, 8)
+
+
+def test_detector_checkpoint_with_other_out_indices_keeps_fresh_out_norms(tmp_path):
+    det = _detector(None)  # out_indices (0, 1, 2, 3)
+    path = tmp_path / 'epoch_1.pth'
+    torch.save({'state_dict': det.state_dict()}, path)
+    bb = ROOT_MODELS.build(dict(type='vssm.VMamba', out_indices=(1, 2, 3), pretrained=str(path), **TINY))
+    fresh = bb.outnorm1.weight.clone()
+    bb.init_weights()  # the body loads; the out norms of another layout are left as initialised (warning)
+    _assert_body_equals(bb, {k[len('backbone.body.model.'):]: v for k, v in det.state_dict().items()
+                             if k.startswith('backbone.body.model.')})
+    torch.testing.assert_close(bb.outnorm1.weight, fresh)

@@ -6,6 +6,7 @@ must cover every weight of the backbone, otherwise loading raises. mmengine's ow
 load with ``strict=False`` and only warn, which trains from scratch unnoticed.
 """
 import fnmatch
+import logging
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -157,7 +158,7 @@ class TimmBackboneBase(BaseModule):
         if set(own) != set(mine) or any(own[k].shape != mine[k].shape for k in own):
             print_log(f'{type(self).__name__}: checkpoint weights for {sorted(own)[:4]}... do not match this '
                       f'backbone\'s out_indices / sizes; those layers keep their fresh init', logger='current',
-                      level='WARNING')
+                      level=logging.WARNING)
             return []
         self.load_state_dict(own, strict=False)
         return list(own)
