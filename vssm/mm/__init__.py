@@ -22,4 +22,10 @@ from .localmamba import LocalVimBackbone, LocalVMambaBackbone
 from .plain import PlainBackbone
 from .vim import VimBackbone
 
+__all__ = [
+    'MODELS', 'TimmBackboneBase', 'HierarchicalBackbone', 'PlainBackbone', 'VMambaBackbone',
+    'EfficientVMambaBackbone', 'LocalVMambaBackbone', 'LocalVimBackbone', 'VimBackbone', 'load_checkpoint_file',
+    'patch_mmengine_checkpoint_loader',
+]
+
 patch_mmengine_checkpoint_loader()

@@ -125,7 +125,6 @@ class TimmBackboneBase(BaseModule):
                 sd = self._filter_fn()(sd, self._reference_model())
             except (ValueError, KeyError) as e:
                 raise ValueError(f'{type(self).__name__}({self.arch}): cannot load {checkpoint}: {e}') from e
-        sd = self._adapt_state_dict(sd, model)
         expected = model.state_dict()
         missing = sorted(k for k in expected if k not in sd)
         wrong = [f'{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}'
@@ -146,10 +145,6 @@ class TimmBackboneBase(BaseModule):
                   f'unused {len(unused)} (e.g. {unused[:4]}); newly initialised: {fresh}',
                   logger='current')
 
-    def _adapt_state_dict(self, sd: StateDict, model: nn.Module) -> StateDict:
-        """Hook for input-size dependent weights (e.g. resampling position embeddings)."""
-        return sd
-
     def _load_own_state(self, own: StateDict) -> List[str]:
         """Load this module's own weights found in the checkpoint (all or nothing); return the keys loaded."""
         if not own:
@@ -162,7 +157,6 @@ class TimmBackboneBase(BaseModule):
             return []
         self.load_state_dict(own, strict=False)
         return list(own)
-
 
     # ------------------------------------------------------------------ freezing
 
