@@ -1,0 +1,188 @@
+"""tools/benchmark.py, tools/erf.py and tools/convert_checkpoint.py on tiny models: they run and write what they
+promise (CSV / JSON / PNG of the expected size), and conversions round-trip exactly."""
+import csv
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import vssm  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL_KEYS = Path(__file__).resolve().parent / 'data' / 'vmamba_tiny_s1l8.official_keys.txt'
+TINY_KW = ['--model-kwargs', 'depths=(1,1,1,1)', 'dims=16']
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(f'vssm_tools_{name}', ROOT / 'tools' / f'{name}.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _png_size(path):
+    import matplotlib.image as mpimg
+    img = mpimg.imread(path)
+    return img.shape[1], img.shape[0]  # width, height
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+
+def test_benchmark_writes_timm_fields_csv_json_and_plot(tmp_path):
+    bench = _tool('benchmark')
+    common = ['--model', 'vmamba_tiny_s1l8', *TINY_KW, '--device', 'cpu', '--num-threads', '1', '-b', '2',
+              '--num-warm-iter', '1', '--num-bench-iter', '2']
+    rows = bench.main(common + ['--bench', 'both', '--img-size', '32', '64', '--results-file', str(tmp_path / 'b.csv'),
+                                '--plot', str(tmp_path / 'res.png')])
+    assert len(rows) == 2 and not any('error' in r for r in rows)
+    with open(tmp_path / 'b.csv') as f:
+        got = list(csv.DictReader(f))
+    for field in ('model', 'param_count', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size',
+                  'infer_img_size', 'infer_gmacs', 'infer_peak_mem_mb', 'train_samples_per_sec', 'train_step_time',
+                  'train_batch_size', 'train_img_size', 'scan_backend'):
+        assert field in got[0], field
+    assert [int(r['infer_img_size']) for r in got] == [32, 64]
+    assert all(float(r['infer_samples_per_sec']) > 0 and float(r['train_samples_per_sec']) > 0 for r in got)
+    # FLOPs (scan counted) grow with the pixels: x4 from 32 to 64, less the fixed-size classifier
+    assert 3.5 < float(got[1]['infer_gmacs']) / float(got[0]['infer_gmacs']) <= 4
+    assert _png_size(tmp_path / 'res.png') == (700, 500)
+
+    rows = bench.main(common + ['--img-size', '32', '--results-file', str(tmp_path / 'b.json'),
+                                '--plot', str(tmp_path / 'flops.png'), '--no-flops', '--timer', 'process'])
+    data = json.loads((tmp_path / 'b.json').read_text())
+    assert data[0]['infer_img_size'] == 32 and data[0]['timer'] == 'process' and 'infer_gmacs' not in data[0]
+    assert (tmp_path / 'flops.png').is_file()
+
+
+def test_benchmark_wildcards_and_unknown_models():
+    bench = _tool('benchmark')
+    names = bench.expand_models(['vmamba_tiny_*', 'convnext_tiny'])
+    assert 'vmamba_tiny_s1l8' in names and 'vmamba_tiny_v0' in names and names[-1] == 'convnext_tiny'
+    with pytest.raises(ValueError, match='unknown model'):
+        bench.expand_models(['vmamba_enormous'])
+    with pytest.raises(ValueError, match='no registered model matches'):
+        bench.expand_models(['nothing_like_this_*'])
+
+
+# ------------------------------------------------------------------------------------------------- ERF
+
+def test_erf_random_inputs_png_csv_npy(tmp_path):
+    erf = _tool('erf')
+    out = tmp_path / 'erf' / 'map.png'
+    rows = erf.main(['--model', 'vmamba_tiny_s1l8', *TINY_KW, '--img-size', '64', '--num-images', '2',
+                     '-b', '2', '--device', 'cpu', '--output', str(out)])
+    assert _png_size(out) == (400, 400)  # one 4-inch panel at 100 dpi
+    g = np.load(tmp_path / 'erf' / 'map_vmamba_tiny_s1l8.npy')
+    assert g.shape == (64, 64) and (g >= 0).all() and g.max() > 0
+    with open(tmp_path / 'erf' / 'map.csv') as f:
+        row = next(csv.DictReader(f))
+    ratios = [float(row[f'area_ratio_t{t}']) for t in (20, 30, 50, 99)]
+    assert all(0 < r <= 1 for r in ratios) and ratios == sorted(ratios)
+    assert rows[0]['images'] == 2
+
+
+def test_erf_two_models_images_from_a_folder_and_a_checkpoint(tmp_path):
+    from PIL import Image
+    erf = _tool('erf')
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (tmp_path / 'imgs' / 'sub').mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / 'imgs' / 'sub' / f'{i}.png')
+    model = timm.create_model('vmamba_tiny_s1l8', depths=(1, 1, 1, 1), dims=16)
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'w.pth')
+    out = tmp_path / 'two.png'
+    rows = erf.main(['--model', 'vmamba_tiny_s1l8', 'vmamba_tiny_s1l8', *TINY_KW, '--checkpoint',
+                     str(tmp_path / 'w.pth'), 'none', '--data-dir', str(tmp_path / 'imgs'), '--img-size', '32',
+                     '--num-images', '5', '--stage', '2', '--panel-size', '3', '--output', str(out)])
+    assert _png_size(out) == (600, 300)
+    assert [r['images'] for r in rows] == [3, 3] and rows[0]['weights'] == 'w.pth'
+    assert rows[1]['weights'] == 'random init'
+
+
+# -------------------------------------------------------------------------------------------- convert
+
+def _official_state_dict():
+    sd = {}
+    for line in OFFICIAL_KEYS.read_text().splitlines():
+        key, shape = line.split('\t')
+        sd[key] = torch.randn(tuple(int(s) for s in re.findall(r'\d+', shape)))
+    return sd
+
+
+def test_convert_official_vmamba_round_trip(tmp_path):
+    conv = _tool('convert_checkpoint')
+    official = _official_state_dict()
+    torch.save({'model': official, 'model_ema': {k: v + 1 for k, v in official.items()}, 'epoch': 263},
+               tmp_path / 'release.pth')
+    report = conv.main(['--model', 'vmamba_tiny_s1l8', str(tmp_path / 'release.pth'), str(tmp_path / 'ours.pth'),
+                        '--report', str(tmp_path / 'report.json'), '--quiet'])
+    assert report['source_tensors'] == report['written_tensors'] == report['renamed'] == len(official) == 276
+    assert not report['dropped'] and not report['rebuilt'] and not report['missing_in_result']
+    assert report['renames']['patch_embed.0.weight'] == 'stem.0.weight'
+    assert report['renames']['layers.0.downsample.1.weight'] == 'stages.1.downsample.1.weight'
+    assert report['renames']['classifier.head.weight'] == 'head.fc.weight'
+    assert json.loads((tmp_path / 'report.json').read_text())['renamed'] == 276
+
+    ours = torch.load(tmp_path / 'ours.pth', weights_only=True)
+    model = timm.create_model('vmamba_tiny_s1l8', pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'ours.pth')))
+    torch.testing.assert_close(model.state_dict()['stem.0.weight'], official['patch_embed.0.weight'])
+    assert set(ours) == set(model.state_dict())
+
+    conv.main(['--model', 'vmamba_tiny_s1l8', str(tmp_path / 'ours.pth'), str(tmp_path / 'back.pth'), '--reverse',
+               '--quiet'])
+    back = torch.load(tmp_path / 'back.pth', weights_only=True)['model']
+    assert set(back) == set(official)
+    assert all(torch.equal(back[k], official[k]) for k in official)
+
+    # the EMA weights of the release, written as safetensors
+    conv.main(['--model', 'vmamba_tiny_s1l8', str(tmp_path / 'release.pth'), str(tmp_path / 'ema.safetensors'),
+               '--use-ema', '--quiet'])
+    from safetensors.torch import load_file
+    ema = load_file(tmp_path / 'ema.safetensors')
+    torch.testing.assert_close(ema['stem.0.weight'], official['patch_embed.0.weight'] + 1)
+
+
+def test_convert_reads_the_class_count_of_a_finetuned_release(tmp_path):
+    conv = _tool('convert_checkpoint')
+    official = _official_state_dict()
+    official['classifier.head.weight'] = torch.randn(37, 768)
+    official['classifier.head.bias'] = torch.randn(37)
+    torch.save({'model': official}, tmp_path / 'pets.pth')
+    report = conv.main(['--model', 'vmamba_tiny_s1l8', str(tmp_path / 'pets.pth'), str(tmp_path / 'o.pth'), '--quiet'])
+    assert report['num_classes'] == 37 and report['renamed'] == 276
+
+
+def test_convert_wrong_model_is_a_clear_error(tmp_path):
+    conv = _tool('convert_checkpoint')
+    torch.save({'model': _official_state_dict()}, tmp_path / 'tiny.pth')
+    with pytest.raises(ValueError, match='does not match vmamba_small_s1l20'):
+        conv.main(['--model', 'vmamba_small_s1l20', str(tmp_path / 'tiny.pth'), str(tmp_path / 'o.pth'), '--quiet'])
+
+
+def _one_model_per_family():
+    by_module = {}
+    # the tiny sizes first: the test needs one real model per family, not the largest
+    for name in sorted(timm.list_models(), key=lambda n: ('tiny' not in n, n)):
+        module = timm.models.model_entrypoint(name).__module__
+        if module.startswith('vssm.models.') and module not in by_module:
+            by_module[module] = name
+    return sorted(by_module.values())
+
+
+@pytest.mark.parametrize('name', _one_model_per_family())
+def test_convert_is_generic_over_families(name, tmp_path):
+    """Every registered family converts its own weights through its filter fn, unchanged, with a full report."""
+    conv = _tool('convert_checkpoint')
+    model = timm.create_model(name)
+    sd = model.state_dict()
+    torch.save({'state_dict': sd}, tmp_path / 'w.pth')
+    report = conv.main(['--model', name, str(tmp_path / 'w.pth'), str(tmp_path / 'o.pth'), '--quiet'])
+    assert report['written_tensors'] == len(sd) and not report['missing_in_result']
+    out = torch.load(tmp_path / 'o.pth', weights_only=True)
+    assert all(torch.equal(out[k], sd[k]) for k in sd)
