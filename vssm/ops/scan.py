@@ -186,7 +186,8 @@ def _plan_scan_bwd_op(grad_out: torch.Tensor, u: torch.Tensor, delta: torch.Tens
 @_plan_scan_bwd_op.register_fake
 def _plan_scan_bwd_fake(grad_out, u, delta, A, B, C, D, z, delta_bias, index, length, merge, delta_softplus,
                         backend):
-    return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    # contiguous like the real op's results (empty_like would keep a channel-last input's strides)
+    return [t.new_empty(t.shape) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, D, z, delta_bias)]
 
 
 def _below_autograd_keys():
