@@ -8,7 +8,8 @@
 # which needs (DESIGN §5): setuptools<81 (its setup.py imports pkg_resources; this downgrades setuptools in
 # the environment), --no-build-isolation (its setup.py imports torch), and -std=c++20 (today's torch
 # headers; mmcv's setup.py hard-codes c++14/17, so the unpacked sdist is patched). A CPU build takes about
-# 40 minutes on 2 cores; MAX_JOBS sets the parallelism, FORCE_CUDA=1 builds the CUDA ops too.
+# 40 minutes on 2 cores; MAX_JOBS sets the parallelism. The shared wheel has CPU ops only, so where torch sees
+# a GPU (or FORCE_CUDA=1) mmcv is built from source with its CUDA ops; MMCV_FROM_SOURCE=1 forces the build.
 set -euo pipefail
 PY=${1:?usage: install_mm.sh /path/to/python}
 cd "$(dirname "$0")/.."
@@ -23,18 +24,20 @@ have() {
 v = version(sys.argv[1]); sys.exit(len(sys.argv) > 2 and v != sys.argv[2])' "$@" 2>/dev/null
 }
 
+MMCV_SRC=''
+trap '[ -n "$MMCV_SRC" ] && rm -rf "$MMCV_SRC"' EXIT  # the unpacked sdist, also on failure or interrupt
+
 build_mmcv_from_source() {
-  echo "install_mm: no mmcv 2.1.0 wheel for this python/torch; building from source (about 40 min on 2 cores)"
-  local src
-  src=$(mktemp -d)
+  echo "install_mm: building mmcv 2.1.0 from source against this torch (about 40 min on 2 cores for CPU ops)"
+  MMCV_SRC=$(mktemp -d)
   "${PIP[@]}" 'setuptools<81' wheel ninja
   local url
   url=$(curl -sfL https://pypi.org/simple/mmcv/ | grep -o 'https://[^"#]*/mmcv-2\.1\.0\.tar\.gz' | head -1)
-  curl -sfL -o "$src/mmcv-2.1.0.tar.gz" "$url"
-  tar -xzf "$src/mmcv-2.1.0.tar.gz" -C "$src"
-  sed -i 's/std=c++1[47]/std=c++20/g; s/std:c++1[47]/std:c++20/g' "$src/mmcv-2.1.0/setup.py"
-  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install --no-build-isolation "$src/mmcv-2.1.0"
-  rm -rf "$src"
+  curl -sfL -o "$MMCV_SRC/mmcv-2.1.0.tar.gz" "$url"
+  tar -xzf "$MMCV_SRC/mmcv-2.1.0.tar.gz" -C "$MMCV_SRC"
+  sed -i 's/std=c++1[47]/std=c++20/g; s/std:c++1[47]/std:c++20/g' "$MMCV_SRC/mmcv-2.1.0/setup.py"
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install ${PIP_VERBOSE:+-v} --no-build-isolation \
+    "$MMCV_SRC/mmcv-2.1.0"
 }
 
 have mmengine 0.10.7 || "${PIP[@]}" 'mmengine==0.10.7'
@@ -42,7 +45,10 @@ have mmengine 0.10.7 || "${PIP[@]}" 'mmengine==0.10.7'
 "$PY" -W ignore -c 'import pkg_resources' 2>/dev/null || "${PIP[@]}" 'setuptools<81'
 # the distribution 'mmcv' is the full build with compiled ops ('mmcv-lite' is a different one)
 if ! have mmcv 2.1.0; then
-  if "${PIP[@]}" "${FIND[@]}" --only-binary mmcv 'mmcv==2.1.0'; then
+  if [ "${MMCV_FROM_SOURCE:-0}" = 1 ] || [ "${FORCE_CUDA:-0}" = 1 ] \
+     || "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    build_mmcv_from_source
+  elif "${PIP[@]}" "${FIND[@]}" --only-binary mmcv 'mmcv==2.1.0'; then
     echo "install_mm: mmcv 2.1.0 from a prebuilt wheel"
   else
     build_mmcv_from_source
