@@ -3,11 +3,11 @@ fine-tuning with a new head, eval-only, YAML configs, and that the job learns.""
 import csv
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,22 +128,78 @@ def test_main_job_learns(train_tool, tmp_path):
     assert result['eval']['top1'] > 50.0, result
 
 
-def test_ddp_two_processes_equal_one_process(tmp_path):
-    """torchrun with 2 CPU processes (gloo, batch 8 each) ends with the weights of 1 process with batch 16."""
-    common = TINY + ['--train-num-samples', '64', '--epochs', '2', '--warmup-epochs', '0', '--no-aug',
-                     '--drop-path', '0', '--smoothing', '0', '--output', str(tmp_path)]
+DIST_COMMON = TINY + ['--train-num-samples', '64', '--epochs', '2', '--warmup-epochs', '0', '--no-aug',
+                      '--drop-path', '0', '--smoothing', '0', '--checkpoint-hist', '3']
+
+
+def _launch(tmp, args, nproc=1):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
-    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
-    subprocess.run(torchrun + [str(TRAIN_PY)] + common + ['-b', '8', '--experiment', 'ddp'], check=True, env=env,
-                   cwd=tmp_path, timeout=300)
-    subprocess.run([sys.executable, str(TRAIN_PY)] + common + ['-b', '16', '--experiment', 'single'], check=True,
-                   env=env, cwd=tmp_path, timeout=300)
-    ddp_sd, ddp_ckpt = _weights(tmp_path / 'ddp' / 'last.pth.tar')
-    one_sd, _ = _weights(tmp_path / 'single' / 'last.pth.tar')
-    assert ddp_ckpt['epoch'] == 1 and len(_steps(tmp_path / 'ddp' / 'steps.csv')) == 2 * 4
-    assert set(ddp_sd) == set(one_sd)
-    for k in one_sd:
-        torch.testing.assert_close(ddp_sd[k], one_sd[k], rtol=1e-4, atol=2e-5, msg=k)
+    cmd = [sys.executable]
+    if nproc > 1:
+        cmd += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc)]
+    subprocess.run(cmd + [str(TRAIN_PY)] + DIST_COMMON + ['--output', str(tmp)] + args, check=True, env=env,
+                   cwd=tmp, timeout=400)
+
+
+@pytest.fixture(scope='module')
+def single_process_run(tmp_path_factory):
+    """1 process, batch 16: the reference for the multi-process runs (same global batch)."""
+    tmp = tmp_path_factory.mktemp('dist')
+    _launch(tmp, ['-b', '16', '--experiment', 'single'])
+    return tmp
+
+
+def _assert_same_weights(a, b, atol=2e-5):
+    sd_a, _ = _weights(a)
+    sd_b, _ = _weights(b)
+    assert set(sd_a) == set(sd_b)
+    for k in sd_b:
+        torch.testing.assert_close(sd_a[k], sd_b[k], rtol=1e-4, atol=atol, msg=k)
+
+
+def test_ddp_two_processes_equal_one_process(single_process_run):
+    """torchrun with 2 CPU processes (gloo, DDP, batch 8 each) ends with the weights of 1 process, batch 16."""
+    tmp = single_process_run
+    _launch(tmp, ['-b', '8', '--experiment', 'ddp'], nproc=2)
+    _, ckpt = _weights(tmp / 'ddp' / 'last.pth.tar')
+    assert ckpt['epoch'] == 1 and len(_steps(tmp / 'ddp' / 'steps.csv')) == 2 * 4
+    _assert_same_weights(tmp / 'ddp' / 'last.pth.tar', tmp / 'single' / 'last.pth.tar')
+
+
+def test_fsdp_two_processes_equal_one_process_and_resume(single_process_run):
+    """--fsdp (sharded parameters and optimizer state, gloo) matches too, saves full weights, and resumes."""
+    tmp = single_process_run
+    _launch(tmp, ['-b', '8', '--fsdp', '--experiment', 'fsdp'], nproc=2)
+    _assert_same_weights(tmp / 'fsdp' / 'last.pth.tar', tmp / 'single' / 'last.pth.tar')
+    _launch(tmp, ['-b', '8', '--fsdp', '--experiment', 'fsdp_resumed',
+                  '--resume', str(tmp / 'fsdp' / 'checkpoint-0.pth.tar')], nproc=2)
+    ref = [float(r['loss']) for r in _steps(tmp / 'fsdp' / 'steps.csv') if r['epoch'] == '1']
+    assert [float(r['loss']) for r in _steps(tmp / 'fsdp_resumed' / 'steps.csv')] == pytest.approx(ref, abs=1e-6)
+    _assert_same_weights(tmp / 'fsdp_resumed' / 'last.pth.tar', tmp / 'fsdp' / 'last.pth.tar', atol=1e-6)
+
+
+def test_image_folder_data_with_the_imagenet_options(train_tool, tmp_path):
+    """--data-dir with train/ and val/ folders (timm's create_dataset / create_loader), classes inferred, and
+    the recipe options on: RandAugment, random erasing, mixup/cutmix, EMA, bf16 autocast, grad accumulation,
+    grad checkpointing, channels-last, clipping."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for c, colour in (('a', (200, 30, 30)), ('b', (30, 30, 200)), ('c', (30, 200, 30))):
+            (tmp_path / 'data' / split / c).mkdir(parents=True)
+            for i in range(8):
+                px = np.clip(np.array(colour) + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(px).save(tmp_path / 'data' / split / c / f'{i}.png')
+    result = train_tool.main(TINY[:-2] + [
+        '--data-dir', str(tmp_path / 'data'), '-b', '8', '--epochs', '2', '--opt', 'adamw', '--lr', '1e-3',
+        '--warmup-epochs', '0', '--workers', '0', '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', '0.25',
+        '--mixup', '0.8', '--cutmix', '1.0', '--model-ema', '--amp', '--amp-dtype', 'bfloat16',
+        '--grad-accum-steps', '2', '--grad-checkpointing', '--channels-last', '--clip-grad', '1.0',
+        '--output', str(tmp_path), '--experiment', 'folder'])
+    _, ckpt = _weights(tmp_path / 'folder' / 'last.pth.tar')
+    assert ckpt['state_dict']['head.fc.weight'].shape[0] == 3  # classes read from the folders
+    assert len(_steps(tmp_path / 'folder' / 'steps.csv')) == 2 * 2  # 3 batches -> 2 updates per epoch
+    assert 0 <= result['eval']['top1'] <= 100 and 'ema_top1' in result['eval']
 
 
 def test_yaml_configs_parse_with_timm_names(train_tool):

@@ -581,11 +581,16 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                                device='cpu' if args.model_ema_force_cpu else None)
 
+    fsdp = args.fsdp and ctx['distributed']
+    if fsdp:  # FSDP replaces the parameters: shard before the optimizer is built on them
+        model = wrap_parallel(model, args, ctx)
     _resolve_lr(args, ctx)
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
 
     start_epoch = 0
-    if args.resume:
+    if args.resume and fsdp:
+        start_epoch = _fsdp_resume(model, optimizer, args.resume, load_optimizer=not args.no_resume_opt)
+    elif args.resume:
         resumed = resume_checkpoint(model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
                                     loss_scaler=None if args.no_resume_opt else loss_scaler,
                                     log_info=ctx['primary'])
@@ -595,7 +600,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
 
-    model = wrap_parallel(model, args, ctx)
+    if not fsdp:
+        model = wrap_parallel(model, args, ctx)
     if args.torchcompile:
         model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
 
@@ -648,7 +654,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                                 amp_scaler=loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir,
                                 decreasing=args.eval_metric == 'loss', max_history=args.checkpoint_hist)
         step_log = StepLog(os.path.join(output_dir, 'steps.csv'), append=start_epoch > 0)
-    if args.fsdp and ctx['distributed']:
+    if fsdp:
         saver = _FsdpSaver(saver, model, optimizer, ctx)
 
     t0 = time.time()
@@ -706,6 +712,22 @@ class _FsdpSaver:
         self.saver.model, self.saver.optimizer = _Frozen(model_sd), _Frozen(optim_sd)
         self.saver.unwrap_fn = lambda m: m
         return self.saver.save_checkpoint(epoch, metric=metric)
+
+
+def _fsdp_resume(model, optimizer, path: str, load_optimizer: bool = True) -> int:
+    """Full (unsharded) checkpoint -> the sharded model and optimizer on every rank; returns the next epoch."""
+    from timm.models._helpers import _torch_load
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    ckpt = _torch_load(path, map_location='cpu', weights_only=True)
+    if load_optimizer:
+        # entries the LR scheduler added to the saved param groups (initial_lr): the flattened load needs them
+        for group, saved in zip(optimizer.param_groups, ckpt['optimizer']['param_groups']):
+            for k, v in saved.items():
+                group.setdefault(k, v)
+    set_state_dict(model, optimizer, model_state_dict=ckpt['state_dict'],
+                   optim_state_dict=ckpt['optimizer'] if load_optimizer else {},
+                   options=StateDictOptions(full_state_dict=True))
+    return ckpt.get('epoch', -1) + 1
 
 
 class _Frozen:
