@@ -32,6 +32,9 @@ VMAMBA = ('h', 'v', 'h_flip', 'v_flip')
 VIM = ('h', 'h_flip')
 WINDOWS = ('w2', 'w2_flip', 'w3', 'w3_flip')
 ATROUS = ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v')
+# mamba_ssm's tests/ops/test_selective_scan.py: (rtol, atol) for outputs; gradients get the same
+# multipliers it uses (u x2, delta x5 / x10, weights rtolw / atolw x5)
+TOL = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
 
 
 def make_inputs(plan, Bt, Dm, N, H, W, *, seq_u=False, with_z=True, channel_last=False, dtype=torch.float32,
@@ -138,6 +141,23 @@ def test_sequence_length_256_default_blocks():
     """A 15x17 map (255 positions) with the default block sizes and schedule."""
     t, idx, L = make_inputs(VMAMBA, 1, 3, 2, 15, 17)
     check_against_reference(t, idx, L, 'sum')
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
+def test_low_precision_inputs_interpreted(dtype):
+    """float16 / bfloat16 u, delta, B, C, z (float32 parameters): float32 accumulation, outputs and
+    gradients in the inputs' dtypes, within mamba_ssm's tolerances of the float64 reference."""
+    t, idx, L = make_inputs(VMAMBA, 1, 3, 2, 3, 4, dtype=dtype)
+    ref, grad_out, ref_g = reference_and_grads(t, idx, L, 'sum')
+    with triton_scan.config(tiles=2, block_t=8):
+        out, g = triton_and_grads(t, idx, L, 'sum', grad_out)
+    rtol, atol = TOL[dtype]
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
+    for n in ref_g:
+        assert g[n].dtype == t[n].dtype, n
+        scale = ref_g[n].abs().max().item()
+        torch.testing.assert_close(g[n].double(), ref_g[n], rtol=rtol, atol=atol * scale, msg=lambda m: f'd{n}: {m}')
 
 
 def test_deterministic_and_matches_between_schedules():
@@ -265,9 +285,6 @@ GPU_SHAPES = [
     ('localvmamba_windows', ('h', 'w7', 'v_flip', 'w2_flip'), 28, 28, 2, 192, 1, dict(with_z=False), 'none'),
     ('efficientvmamba_atrous', ATROUS, 28, 28, 2, 96, 16, dict(with_z=False), 'sum'),
 ]
-# mamba_ssm's tests/ops/test_selective_scan.py: (rtol, atol) for outputs; gradients get the same
-# multipliers it uses (u x2, delta x5 / x10, weights rtolw / atolw x5)
-GPU_TOL = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
 
 
 @pytest.mark.gpu
@@ -279,7 +296,7 @@ def test_gpu_matches_reference(shape, dtype):
     t, idx, L = make_inputs(plan, Bt, Dm, N, H, W, dtype=dtype, device='cuda', mamba_init=True, **opts)
     ref, grad_out, ref_g = reference_and_grads(t, idx, L, merge)
     out, g = triton_and_grads(t, idx, L, merge, grad_out)
-    rtol, atol = GPU_TOL[dtype]
+    rtol, atol = TOL[dtype]
     rtolw, atolw = max(1e-3, rtol), max(1e-3, atol)
     torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
     tol = {'u': (rtol * 2, atol * 2), 'delta': (rtol * 5, atol * 10), 'A': (rtolw, atolw * 5),
@@ -320,3 +337,28 @@ def test_gpu_vmamba_model_trains_with_triton():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ----------------------------------------------------------------------------------------- benchmark
+
+def test_benchmark_scan_smoke(tmp_path):
+    """tools/benchmark_scan.py end to end on CPU: tiny shapes of every model, fused (interpreted) and unfused."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark_scan.py'
+    spec = importlib.util.spec_from_file_location('vssm_tools_benchmark_scan', path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / 'scan.csv'
+    rows = bench.main(['--device', 'cpu', '--smoke', '--batch', '1', '--impls', 'fused', 'unfused', '--csv', str(out)])
+    assert {(r.model, r.impl) for r in rows} == {(m, i) for m in bench.DEPTHS for i in ('fused', 'unfused')}
+    for r in rows:
+        assert r.fwd_ms > 0 and r.fwd_bwd_ms > 0 and r.fwd_bwd_min_bytes > r.fwd_min_bytes > 0
+        assert r.fwd_frac_copy_bw > 0
+    with open(out) as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == len(rows) and written[0]['device'] == 'cpu'
+    # the roofline formula of DESIGN section 2 on the real VMamba-T s1 shape: u + 4 delta + 2*4*1 B/C + y, fp16
+    s1 = bench.LAYERS[0]
+    assert bench.fused_min_bytes(s1, 1, torch.float16, False) == 2 * (96 * 3136 * 6 + 2 * 4 * 3136)

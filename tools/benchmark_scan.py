@@ -1,0 +1,378 @@
+#!/usr/bin/env python
+"""Time the plan scan per layer shape: fused Triton kernel vs unfused paths, against the memory roofline.
+
+For each layer shape of VMamba-T (s1l8), Vim-S, LocalVMamba-T and EfficientVMamba-T at 224x224
+(batch 128 by default) it times forward and forward+backward of
+
+  fused          vssm's Triton backend: reads the map through the plan's index, scans, merges (one op)
+  unfused        cross-scan copy + scan + merge in PyTorch (vssm's 'fast' backend)
+  unfused-triton cross-scan copy (torch) + the same Triton scan on the copies + torch merge: isolates fusion
+  mamba_ssm      torch cross-scan + mamba_ssm's selective_scan_fn (CUDA) + torch merge, when importable
+
+and prints achieved bytes/s, where bytes is the fused minimum (DESIGN.md section 2: u read once, delta
+K*D*L, B and C 2*K*N*L in the input dtype, y written once; z read when the layer has one; backward adds
+reading the inputs and output gradient and writing the input gradients once), as a fraction of the
+device's copy bandwidth measured here (a large tensor copy: read + write).
+
+    python tools/benchmark_scan.py                      # CUDA, float16, batch 128
+    python tools/benchmark_scan.py --csv scan.csv --dtype bfloat16 --models vmamba_t vim_s
+    TRITON_INTERPRET=1 python tools/benchmark_scan.py --device cpu --smoke   # tiny shapes, seconds
+"""
+import argparse
+import csv
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from vssm.ops import build_index, cross_merge, cross_scan, plan_selective_scan  # noqa: E402
+
+NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    model: str
+    stage: str
+    directions: Tuple[str, ...]
+    H: int
+    W: int
+    channels: int  # d_inner of the scan
+    d_state: int
+    merge: str
+    seq_u: bool = False  # per-direction sequences (Vim: each direction has its own conv1d)
+    with_z: bool = False  # gate inside the scan (Vim); VMamba-family SS2D gates after out_norm
+
+
+VMAMBA = ('h', 'v', 'h_flip', 'v_flip')
+ATROUS = ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v')
+
+
+def _dirs(text: str) -> Tuple[str, ...]:
+    return tuple(text.split())
+
+
+# 224x224 input. Widths and state sizes from DESIGN.md section 3:
+#  VMamba-T s1l8: dims 96..768, ssm_ratio 1 (d_inner = dim), d_state 1, maps 56/28/14/7, no z in the scan.
+#  Vim-S: embed 384, expand 2 (d_inner 768), d_state 16, 196 patches + cls token, forward + flipped, mean.
+#  LocalVMamba-T: dims 96..768, ssm_ratio 2, d_state 16; per-layer searched directions (first block of each
+#    stage, from vssm/models/localmamba.py), per-direction outputs ('none') gated and summed outside.
+#  EfficientVMamba-T: dims 48/96 in the two EVSS stages, ssm_ratio 2, d_state 16, atrous step 2 (scatter).
+LAYERS = [
+    LayerShape('vmamba_t', 's1', VMAMBA, 56, 56, 96, 1, 'sum'),
+    LayerShape('vmamba_t', 's2', VMAMBA, 28, 28, 192, 1, 'sum'),
+    LayerShape('vmamba_t', 's3', VMAMBA, 14, 14, 384, 1, 'sum'),
+    LayerShape('vmamba_t', 's4', VMAMBA, 7, 7, 768, 1, 'sum'),
+    LayerShape('vim_s', 'all', ('h', 'h_flip'), 1, 197, 768, 16, 'mean', seq_u=True, with_z=True),
+    LayerShape('localvmamba_t', 's1', _dirs('h h_flip w7 w7_flip'), 56, 56, 192, 16, 'none'),
+    LayerShape('localvmamba_t', 's2', _dirs('h_flip v_flip w2_flip w7'), 28, 28, 384, 16, 'none'),
+    LayerShape('localvmamba_t', 's3', _dirs('h h_flip v_flip w2_flip'), 14, 14, 768, 16, 'none'),
+    LayerShape('localvmamba_t', 's4', _dirs('h_flip v_flip w2_flip w7_flip'), 7, 7, 1536, 16, 'none'),
+    LayerShape('efficientvmamba_t', 's1', ATROUS, 56, 56, 96, 16, 'sum'),
+    LayerShape('efficientvmamba_t', 's2', ATROUS, 28, 28, 192, 16, 'sum'),
+]
+# layers per model at each stage, for the per-image totals (depths from DESIGN.md)
+DEPTHS = {'vmamba_t': {'s1': 2, 's2': 2, 's3': 8, 's4': 2}, 'vim_s': {'all': 24},
+          'localvmamba_t': {'s1': 2, 's2': 2, 's3': 9, 's4': 2}, 'efficientvmamba_t': {'s1': 2, 's2': 2}}
+
+
+def smoke_layers() -> List[LayerShape]:
+    """Tiny versions of every model's shapes (same plans and merges) for a quick CPU run."""
+    tiny = []
+    seen = set()
+    for s in LAYERS:
+        if s.model in seen:
+            continue
+        seen.add(s.model)
+        H, W = (1, 7) if s.seq_u else (3, 4)
+        tiny.append(LayerShape(s.model, 'smoke', s.directions, H, W, 2, min(s.d_state, 2), s.merge, s.seq_u,
+                               s.with_z))
+    return tiny
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def make_inputs(shape: LayerShape, batch: int, dtype, device, requires_grad: bool):
+    idx = build_index(shape.directions, shape.H, shape.W, device)
+    K, Lk = idx.shape
+    L, Dm, N = shape.H * shape.W, shape.channels, shape.d_state
+    kw = dict(device=device, dtype=dtype)
+    f32 = dict(device=device, dtype=torch.float32)
+    # channel-last map as SS2D produces it (conv output in NHWC); B / C sliced out of one projection
+    u = torch.randn(batch, K, Dm, Lk, **kw) if shape.seq_u else torch.randn(batch, L, Dm, **kw).transpose(1, 2)
+    BC = torch.randn(batch, K, 2 * N, Lk, **kw)
+    t = dict(
+        u=u, delta=0.5 * torch.rand(batch, K, Dm, Lk, **kw), A=-0.5 * torch.rand(K * Dm, N, **f32) - 0.1,
+        B=BC[:, :, :N], C=BC[:, :, N:], D=torch.randn(K * Dm, **f32),
+        z=torch.randn(batch, Dm, L, **kw) if shape.with_z else None, delta_bias=0.5 * torch.rand(K * Dm, **f32),
+    )
+    if requires_grad:
+        t = {n: (v.detach().requires_grad_() if v is not None else None) for n, v in t.items()}
+    return t, idx, L
+
+
+def fused_min_bytes(shape: LayerShape, batch: int, dtype, backward: bool) -> int:
+    """DESIGN section 2 roofline: every input read once, every output written once, in the input dtype."""
+    K, Lk = build_index(shape.directions, shape.H, shape.W).shape
+    L, Dm, N = shape.H * shape.W, shape.channels, shape.d_state
+    u = K * Dm * Lk if shape.seq_u else Dm * L
+    inputs = u + K * Dm * Lk + 2 * K * N * Lk + (Dm * L if shape.with_z else 0)
+    out = K * Dm * L if shape.merge == 'none' else Dm * L
+    elems = inputs + out
+    if backward:  # read the inputs again and the output gradient, write one gradient per input
+        elems += inputs + out + inputs
+    return elems * batch * torch.finfo(dtype).bits // 8
+
+
+# --------------------------------------------------------------------------------------- implementations
+
+def _fused(t, idx, L, shape):
+    return plan_selective_scan(*[t[n] for n in NAMES], index=idx, length=L, merge=shape.merge, backend='triton')
+
+
+def _unfused(t, idx, L, shape):
+    return plan_selective_scan(*[t[n] for n in NAMES], index=idx, length=L, merge=shape.merge, backend='fast')
+
+
+_IDENTITY = {}
+
+
+def _identity_index(idx):
+    # one cached tensor per shape, so the kernel's schedule cache hits
+    key = (tuple(idx.shape), str(idx.device))
+    if key not in _IDENTITY:
+        _IDENTITY[key] = torch.arange(idx.shape[1], device=idx.device).expand(idx.shape[0], -1).contiguous()
+    return _IDENTITY[key]
+
+
+def _unfused_triton(t, idx, L, shape):
+    # the copies the fused kernel avoids: scanned inputs (B, K, D, Lk), per-direction outputs, a merge pass
+    us = t['u'] if shape.seq_u else cross_scan(t['u'], idx)
+    seq_index = _identity_index(idx)
+    y = plan_selective_scan(us, t['delta'], t['A'], t['B'], t['C'], t['D'], None, t['delta_bias'], index=seq_index,
+                            length=idx.shape[1], merge='none', backend='triton')
+    out = cross_merge(y, idx, L, shape.merge)
+    if t['z'] is not None:
+        out = out * torch.nn.functional.silu(t['z'][:, None] if shape.merge == 'none' else t['z'])
+    return out
+
+
+def _mamba_ssm(t, idx, L, shape):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    us = t['u'] if shape.seq_u else cross_scan(t['u'], idx)
+    Bt, K, Dm, Lk = us.shape
+    y = selective_scan_fn(us.reshape(Bt, K * Dm, Lk), t['delta'].reshape(Bt, K * Dm, Lk), t['A'],
+                          t['B'].contiguous(), t['C'].contiguous(), t['D'], delta_bias=t['delta_bias'],
+                          delta_softplus=True)
+    out = cross_merge(y.view(Bt, K, Dm, Lk), idx, L, shape.merge)
+    if t['z'] is not None:
+        out = out * torch.nn.functional.silu(t['z'][:, None] if shape.merge == 'none' else t['z'])
+    return out
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    try:
+        from vssm.ops import triton_scan
+    except ImportError:  # no triton installed
+        return False
+    return triton_scan.supports_device(device)  # CUDA, or CPU under TRITON_INTERPRET=1
+
+
+def available_impls(device: torch.device) -> List[str]:
+    triton_ok = _triton_runs_on(device)
+    impls = ['fused'] if triton_ok else []
+    impls += ['unfused']
+    if triton_ok:
+        impls += ['unfused-triton']
+    if device.type == 'cuda':
+        try:
+            import mamba_ssm.ops.selective_scan_interface  # noqa: F401
+            impls.append('mamba_ssm')
+        except ImportError:
+            pass
+    return impls
+
+
+IMPLS = {'fused': _fused, 'unfused': _unfused, 'unfused-triton': _unfused_triton, 'mamba_ssm': _mamba_ssm}
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device, warmup: int, iters: int) -> float:
+    """Median milliseconds per call (CUDA events on GPU, perf_counter on CPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        if device.type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device, nbytes: int, warmup: int, iters: int) -> float:
+    """Bytes/s of a large device copy, counting the read and the write."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, warmup, iters)
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+@dataclass
+class Row:
+    model: str
+    stage: str
+    impl: str
+    dtype: str
+    batch: int
+    H: int
+    W: int
+    channels: int
+    d_state: int
+    directions: str
+    fwd_ms: float
+    fwd_bwd_ms: float
+    fwd_min_bytes: int
+    fwd_bytes_per_s: float
+    fwd_frac_copy_bw: float
+    fwd_bwd_min_bytes: int
+    fwd_bwd_bytes_per_s: float
+    fwd_bwd_frac_copy_bw: float
+
+
+def bench_layer(shape: LayerShape, impl: str, batch: int, dtype, device, warmup: int, iters: int,
+                copy_bw: float) -> Row:
+    fn = IMPLS[impl]
+    t, idx, L = make_inputs(shape, batch, dtype, device, requires_grad=False)
+    last = {}
+
+    def forward():
+        last['out'] = fn(t, idx, L, shape)
+
+    with torch.no_grad():
+        fwd = time_ms(forward, device, warmup, max(iters, 1))
+    grad = torch.randn_like(last.pop('out'))
+    tg, _, _ = make_inputs(shape, batch, dtype, device, requires_grad=True)
+    leaves = [v for v in tg.values() if v is not None]
+
+    def step():
+        out = fn(tg, idx, L, shape)
+        torch.autograd.grad(out, leaves, grad)
+
+    fb = time_ms(step, device, warmup, iters)
+    fwd_bytes = fused_min_bytes(shape, batch, dtype, backward=False)
+    fb_bytes = fused_min_bytes(shape, batch, dtype, backward=True)
+    return Row(
+        model=shape.model, stage=shape.stage, impl=impl, dtype=str(dtype).replace('torch.', ''), batch=batch,
+        H=shape.H, W=shape.W, channels=shape.channels, d_state=shape.d_state, directions=' '.join(shape.directions),
+        fwd_ms=fwd, fwd_bwd_ms=fb,
+        fwd_min_bytes=fwd_bytes, fwd_bytes_per_s=fwd_bytes / (fwd * 1e-3),
+        fwd_frac_copy_bw=fwd_bytes / (fwd * 1e-3) / copy_bw,
+        fwd_bwd_min_bytes=fb_bytes, fwd_bwd_bytes_per_s=fb_bytes / (fb * 1e-3),
+        fwd_bwd_frac_copy_bw=fb_bytes / (fb * 1e-3) / copy_bw,
+    )
+
+
+def per_image_mb(model: str, dtype) -> float:
+    """Fused-minimum forward bytes of all of a model's scan layers for one image, in MB (1e6)."""
+    shapes = {s.stage: s for s in LAYERS if s.model == model}
+    return sum(n * fused_min_bytes(shapes[stage], 1, dtype, False) for stage, n in DEPTHS[model].items()) / 1e6
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--dtype', default=None, choices=['float16', 'bfloat16', 'float32'],
+                   help='input dtype (default float16 on CUDA, float32 on CPU)')
+    p.add_argument('--batch', type=int, default=None, help='default 128 (2 with --smoke)')
+    p.add_argument('--models', nargs='*', default=None, help=f'subset of {sorted(DEPTHS)}')
+    p.add_argument('--impls', nargs='*', default=None, help=f'subset of {list(IMPLS)} (default: all available)')
+    p.add_argument('--smoke', action='store_true', help='tiny shapes, one iteration: checks the script runs')
+    p.add_argument('--warmup', type=int, default=None)
+    p.add_argument('--iters', type=int, default=None)
+    p.add_argument('--copy-mib', type=int, default=None, help='size of the bandwidth probe (default 1024, 16 smoke)')
+    p.add_argument('--csv', default=None, help='write the rows to this CSV file')
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
+    args = parse_args(argv)
+    if args.device == 'cpu':
+        torch.set_num_threads(1)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ('float16' if device.type == 'cuda' else 'float32'))
+    batch = args.batch or (2 if args.smoke else 128)
+    warmup = args.warmup if args.warmup is not None else (0 if args.smoke else 5)
+    iters = args.iters if args.iters is not None else (1 if args.smoke else 20)
+    layers = smoke_layers() if args.smoke else LAYERS
+    if args.models:
+        unknown = set(args.models) - set(DEPTHS)
+        if unknown:
+            raise SystemExit(f'unknown models {sorted(unknown)}; expected some of {sorted(DEPTHS)}')
+        layers = [s for s in layers if s.model in args.models]
+    impls = available_impls(device)
+    if args.impls:
+        missing = [i for i in args.impls if i not in impls]
+        if missing:
+            raise SystemExit(f'implementations {missing} are not available on {device.type} here; available: {impls}')
+        impls = list(args.impls)
+
+    copy_mib = args.copy_mib or (16 if args.smoke else 1024)
+    bw = copy_bandwidth(device, copy_mib << 20, warmup=max(warmup, 1), iters=max(iters, 3))
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
+    print(f'# device {name}; copy bandwidth {bw / 1e9:.1f} GB/s (read + write of {copy_mib} MiB); '
+          f'dtype {dtype}; batch {batch}; implementations {impls}')
+    if not args.smoke:
+        for model in sorted({s.model for s in layers}):
+            print(f'# {model}: fused-minimum forward bytes of all scan layers = {per_image_mb(model, dtype):.1f} MB/image')
+    rows = []
+    header = (f'{"model":<18}{"stage":<7}{"impl":<15}{"fwd ms":>9}{"GB/s":>8}{"%copy":>7}'
+              f'{"f+b ms":>10}{"GB/s":>8}{"%copy":>7}')
+    print(header)
+    for shape in layers:
+        for impl in impls:
+            try:
+                row = bench_layer(shape, impl, batch, dtype, device, warmup, iters, bw)
+            except torch.cuda.OutOfMemoryError:  # the unfused PyTorch path keeps per-chunk states for backward
+                torch.cuda.empty_cache()
+                print(f'{shape.model:<18}{shape.stage:<7}{impl:<15} out of memory', flush=True)
+                continue
+            rows.append(row)
+            print(f'{row.model:<18}{row.stage:<7}{row.impl:<15}{row.fwd_ms:>9.3f}{row.fwd_bytes_per_s / 1e9:>8.1f}'
+                  f'{100 * row.fwd_frac_copy_bw:>6.1f}%{row.fwd_bwd_ms:>10.3f}{row.fwd_bwd_bytes_per_s / 1e9:>8.1f}'
+                  f'{100 * row.fwd_bwd_frac_copy_bw:>6.1f}%', flush=True)
+    if args.csv and rows:
+        with open(args.csv, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) + ['device', 'copy_bytes_per_s'])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**asdict(row), 'device': name, 'copy_bytes_per_s': bw})
+    return rows
+
+
+if __name__ == '__main__':
+    main()
