@@ -21,7 +21,10 @@ setup(
     ],
     extras_require={
         'dev': ['pytest', 'pytest-xdist', 'hypothesis', 'fvcore', 'pandas'],
-        'mm': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0', 'mmsegmentation==1.2.2', 'ftfy', 'regex'],
+        # mmcv has no PyPI wheels: scripts/install_mm.sh installs this stack (wheel cache or source build);
+        # mmengine 0.10.7 needs pkg_resources at run time, hence setuptools<81
+        'mm': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0', 'mmsegmentation==1.2.2', 'ftfy', 'regex',
+               'pycocotools', 'setuptools<81'],
     },
     license='MIT',
 )
