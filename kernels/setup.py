@@ -29,7 +29,8 @@ setup(
             # relative paths: setuptools rejects absolute source paths in some versions
             sources=[os.path.relpath(CSRC / s, HERE) for s in SOURCES],
             include_dirs=[str(CSRC)],
-            extra_compile_args={'cxx': ['-O3'], 'nvcc': ['-O3', '-lineinfo']},
+            # -g0: Python's default flags add -g, which doubles the compile time of the torch binding
+            extra_compile_args={'cxx': ['-O2', '-g0'], 'nvcc': ['-O3', '-lineinfo']},
         )
     ],
     cmdclass={'build_ext': BuildExtension},

@@ -170,7 +170,7 @@ def emulator():
     from torch.utils.cpp_extension import load
     try:
         return load('vssm_scan_emulator', [str(KERNELS / 'csrc' / 'binding_emulator.cpp')],
-                    extra_include_paths=[str(KERNELS / 'csrc')], extra_cflags=['-O1'], verbose=False)
+                    extra_include_paths=[str(KERNELS / 'csrc')], extra_cflags=['-O0'], verbose=False)
     except Exception as e:  # no C++ compiler
         pytest.skip(f'the CPU emulator of the CUDA kernels could not be built: {e}')
 
@@ -256,6 +256,27 @@ def test_emulated_results_do_not_depend_on_configuration(emulator):
     assert torch.equal(outs[0], outs[2])
 
 
+def test_emulated_backend_through_the_custom_op(emulator):
+    """Registered like the 'cuda' backend (forward + native backward), the emulated kernels serve
+    plan_selective_scan and autograd through vssm::plan_scan / vssm::plan_scan_bwd, absent inputs included."""
+    from functools import partial
+
+    from vssm.ops import scan
+    from vssm.ops.cuda_ext import scan_backward_with, scan_forward_with
+    scan.register_backend('cuda_emulated', scan.Backend(
+        partial(scan_forward_with, emulator, chunk=4, tile=2),
+        backward=partial(scan_backward_with, emulator, chunk=4, tile=2, sub=3), supports=lambda d: True))
+    try:
+        fwd, bwd = _via_op_backend('cuda_emulated')
+        for with_optional in (True, False):
+            t64, idx, L = make_inputs(PLANS['vmamba'], Bt=2, H=5, W=3, with_optional=with_optional)
+            t = {n: (v.float() if v is not None else None) for n, v in t64.items()}
+            check_against_reference(lambda t: fwd(t, idx, L, 'sum'), lambda g, t: bwd(g, t, idx, L, 'sum'), t, idx,
+                                    L, 'sum', torch.float32)
+    finally:
+        scan._BACKENDS.pop('cuda_emulated', None)
+
+
 def test_bad_index_is_rejected(emulator):
     fwd, _ = _emulated(emulator)
     t64, idx, L = make_inputs(PLANS['vmamba'], Bt=1, H=3, W=3)
@@ -302,16 +323,22 @@ def _cuda_backend_or_skip():
         pytest.skip(cuda_ext.extension_error())
 
 
-def _via_op(idx, L, merge):
-    def fwd(t):
-        return plan_selective_scan(*[t[n] for n in NAMES], index=idx, length=L, merge=merge, backend='cuda')
+def _via_op_backend(backend):
+    """forward/backward through plan_selective_scan (custom op + autograd) with a named backend."""
+    def fwd(t, idx, L, merge):
+        return plan_selective_scan(*[t[n] for n in NAMES], index=idx, length=L, merge=merge, backend=backend)
 
-    def bwd(g, t):
+    def bwd(g, t, idx, L, merge):
         leaves = {n: (v.detach().clone().requires_grad_(True) if v is not None else None) for n, v in t.items()}
-        out = plan_selective_scan(*[leaves[n] for n in NAMES], index=idx, length=L, merge=merge, backend='cuda')
+        out = plan_selective_scan(*[leaves[n] for n in NAMES], index=idx, length=L, merge=merge, backend=backend)
         out.backward(g)
         return {n: (v.grad if v is not None else None) for n, v in leaves.items()}
     return fwd, bwd
+
+
+def _via_op(idx, L, merge):
+    fwd, bwd = _via_op_backend('cuda')
+    return (lambda t: fwd(t, idx, L, merge)), (lambda g, t: bwd(g, t, idx, L, merge))
 
 
 @pytest.mark.gpu

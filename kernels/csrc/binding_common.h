@@ -5,7 +5,11 @@
 // Runner provides: void check_device(const at::Tensor&, const char* name); int num_sms(const at::Tensor&);
 // void forward(const ScanParams&, DType); void backward(const ScanParams&, DType); bool poison_scratch.
 #pragma once
-#include <torch/extension.h>
+// ATen and torch's pybind casters only: torch/extension.h would also compile the whole C++ frontend
+#include <ATen/ATen.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <optional>
 #include <string>
