@@ -125,7 +125,7 @@ CPU_CASES = [
     ('atrous-odd', ATROUS, 5, 7, 2, 3, 2, dict(with_z=False), 'sum', 2, 8),
     ('atrous-none', ATROUS, 3, 5, 1, 2, 2, dict(), 'none', 1, 4),
     # d_state 16 (vanilla VMamba, EfficientVMamba, Vim)
-    ('vmamba-dstate16', VMAMBA, 3, 4, 1, 2, 16, dict(), 'sum', 2, 8),
+    ('vmamba-dstate16', VMAMBA, 2, 3, 1, 2, 16, dict(), 'sum', 2, 4),
 ]
 
 

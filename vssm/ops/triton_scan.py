@@ -13,8 +13,9 @@ Same contract as scan.plan_scan_reference. Design (docs/scan_kernel.md):
   accumulator without atomics: results are bitwise reproducible run to run.
 * Sequence parallelism: with more than one tile, a chunk pass computes every chunk's local end
   state, a carry pass chains them along each direction, and the output pass starts each chunk from
-  its carried state. With one tile (enough batch x channel programs to fill the device) the output
-  pass walks whole directions and carries the state itself: a single pass over the inputs.
+  its carried state. With one tile (a small map and enough batch x channel programs to fill the
+  device) the output pass walks whole directions and carries the state itself: one pass over the
+  inputs. Tiles are capped in size so each program's accumulator stays cache-resident.
 * Backward recomputes the chunk states (the op saves only its inputs), runs the adjoint with the same
   chunking (local adjoints + reverse carry) and writes every gradient; map gradients (u, z) are
   accumulated per tile like the forward output, parameter gradients as per-program partials summed
@@ -48,7 +49,10 @@ class TritonScanConfig:
     block_t: int = 32  # steps per chunk (one parallel scan)
     block_p: int = 64  # positions per vector in the accumulator passes
     min_programs: Optional[int] = None  # programs wanted per launch; None: 2 per SM on CUDA, 1 elsewhere
-    tiles: Optional[int] = None  # force the number of output tiles (>= 1); None: from min_programs
+    # positions per output tile: bounds each program's fp32 accumulator (block_d x positions x 4 B) so the
+    # read-modify-writes of the K directions stay in L2; larger maps get several tiles (and the state passes)
+    max_tile_positions: Optional[int] = 1024
+    tiles: Optional[int] = None  # force the number of output tiles (>= 1); None: from the two limits above
 
 
 _CONFIG = TritonScanConfig()
@@ -81,13 +85,16 @@ def _pow2(n: int, lo: int = 2) -> int:
     return max(lo, triton.next_power_of_2(max(1, n)))
 
 
-def _min_tiles(cfg: TritonScanConfig, device, Bt: int, n_dblocks: int) -> int:
+def _min_tiles(cfg: TritonScanConfig, device, Bt: int, n_dblocks: int, length: int) -> int:
     if cfg.tiles is not None:
         return max(1, cfg.tiles)
     want = cfg.min_programs
     if want is None:
         want = 2 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 1
-    return max(1, -(-want // (Bt * n_dblocks)))
+    tiles = -(-want // (Bt * n_dblocks))
+    if cfg.max_tile_positions:
+        tiles = max(tiles, -(-length // cfg.max_tile_positions))
+    return max(1, tiles)
 
 
 def _strides4(t: torch.Tensor, seq: bool):
@@ -125,7 +132,7 @@ def _setup(u, delta, A, B, C, index, length, merge, backward=False):
     N = A.shape[1]
     block_d = min(cfg.bwd_block_d if backward else cfg.block_d, _pow2(Dm))
     n_dblocks = -(-Dm // block_d)
-    sched = get_schedule(index, length, cfg.block_t, _min_tiles(cfg, u.device, Bt, n_dblocks), u.device)
+    sched = get_schedule(index, length, cfg.block_t, _min_tiles(cfg, u.device, Bt, n_dblocks, length), u.device)
     per_dir = merge == 'none'
     return _Launch(Bt=Bt, K=K, Dm=Dm, N=N, Lk=Lk, L=length, seq_u=u.dim() == 4, per_dir=per_dir,
                    kacc=K if per_dir else 1, scale=1.0 / K if merge == 'mean' else 1.0, n_dblocks=n_dblocks,
