@@ -603,7 +603,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if not fsdp:
         model = wrap_parallel(model, args, ctx)
     if args.torchcompile:
-        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+        # static shapes: one graph per input shape (train batch, last eval batch) instead of symbolic sizes
+        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode, dynamic=False)
 
     if args.evaluate:
         metrics = validate(model, loader_eval, args, ctx, amp_autocast)
