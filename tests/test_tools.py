@@ -186,3 +186,45 @@ def test_convert_is_generic_over_families(name, tmp_path):
     assert report['written_tensors'] == len(sd) and not report['missing_in_result']
     out = torch.load(tmp_path / 'o.pth', weights_only=True)
     assert all(torch.equal(out[k], sd[k]) for k in sd)
+
+
+def _official_layouts():
+    """(model, model kwargs, official-layout state_dict) per family, from the families' own test helpers."""
+    cases = []
+    try:
+        from test_vim import official_vim_state_dict
+        cases.append(('vim_tiny', ['embed_dim=32', 'depth=2'], official_vim_state_dict(32, depth=2, device='cpu')))
+    except ImportError:
+        pass
+    try:
+        from test_localmamba import official_local_vim_state_dict, official_local_vmamba_state_dict
+        cases.append(('local_vmamba_tiny', [], official_local_vmamba_state_dict((2, 2, 9, 2), device='cpu')))
+        params, buffers = official_local_vim_state_dict(192, device='cpu')
+        cases.append(('local_vim_tiny', [], {**params, **buffers}))
+    except ImportError:
+        pass
+    try:
+        from test_efficient_vmamba import CONFIGS, official_state_dict
+        cases.append(('efficient_vmamba_tiny', [], official_state_dict(**CONFIGS['efficient_vmamba_tiny'])))
+    except ImportError:
+        pass
+    return cases
+
+
+def test_convert_official_layouts_of_the_other_families(tmp_path):
+    """Official Vim / LocalMamba / EfficientVMamba layouts (DataParallel prefixes, `state_dict` wrapper) convert
+    through each family's filter with every model tensor filled and the renames reported."""
+    conv = _tool('convert_checkpoint')
+    cases = _official_layouts()
+    if not cases:
+        pytest.skip('no family test helpers to build official layouts from')
+    for name, kwargs, official in cases:
+        path = tmp_path / f'{name}.pth'
+        torch.save({'state_dict': {'module.' + k: v for k, v in official.items()}, 'epoch': 1}, path)
+        argv = ['--model', name, str(path), str(tmp_path / f'{name}_vssm.pth'), '--quiet']
+        report = conv.main(argv + (['--model-kwargs', *kwargs] if kwargs else []))
+        assert not report['missing_in_result'], name
+        assert report['written_tensors'] == len(torch.load(tmp_path / f'{name}_vssm.pth', weights_only=True))
+        assert report['renamed'] + report['kept'] + len(report['rebuilt']) == report['written_tensors'], name
+        print(name, {k: (v if isinstance(v, int) else len(v)) for k, v in report.items()
+                     if k in ('source_tensors', 'written_tensors', 'renamed', 'kept', 'rebuilt', 'dropped')})

@@ -10,9 +10,26 @@ __all__ = ['family_filter_fn', 'read_state_dict', 'map_state_dict', 'load_weight
 
 
 def family_filter_fn(model: nn.Module) -> Optional[Callable]:
-    """The `checkpoint_filter_fn(state_dict, model)` of the module that defines the model's class, if any."""
-    module = sys.modules.get(type(model).__module__)
-    return getattr(module, 'checkpoint_filter_fn', None)
+    """The checkpoint filter (official layout -> ours) of the module that registers the model.
+
+    Modules name it `checkpoint_filter_fn`, or `<prefix>_checkpoint_filter_fn` when they hold several families
+    (LocalMamba: local_vim_..., local_vmamba_...): the prefix the model name starts with wins.
+    """
+    import timm
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+    names = [timm.models.model_entrypoint(arch).__module__] if arch and timm.is_model(arch) else []
+    names.append(type(model).__module__)
+    for module_name in names:
+        module = sys.modules.get(module_name)
+        fns = {n: getattr(module, n) for n in dir(module) if n.endswith('checkpoint_filter_fn')
+               and callable(getattr(module, n))}
+        prefixed = sorted((n for n in fns if arch and n != 'checkpoint_filter_fn'
+                           and arch.startswith(n[:-len('checkpoint_filter_fn')].rstrip('_'))), key=len)
+        if prefixed:
+            return fns[prefixed[-1]]
+        if 'checkpoint_filter_fn' in fns:
+            return fns['checkpoint_filter_fn']
+    return None
 
 
 def read_state_dict(path: str, use_ema: bool = False) -> Dict[str, torch.Tensor]:
