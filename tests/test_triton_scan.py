@@ -227,6 +227,16 @@ def test_schedule_covers_every_step_once(plan, H, W, min_tiles):
     assert sorted(s.tile_chunks_rev.tolist()) == list(range(s.n_chunks))
 
 
+def test_schedule_rejects_index_maps_the_kernels_cannot_write():
+    idx = build_index(VMAMBA, 3, 4)
+    with pytest.raises(ValueError, match='must lie in'):
+        _triton_schedule.build_schedule(idx, 11, 8)
+    dup = idx.clone()
+    dup[1, 3] = dup[1, 2]
+    with pytest.raises(ValueError, match='visits a position twice'):
+        _triton_schedule.build_schedule(dup, 12, 8)
+
+
 # ------------------------------------------------------------------------------ compiles for the GPU
 
 _AOT_SCRIPT = textwrap.dedent('''

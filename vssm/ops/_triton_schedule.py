@@ -53,6 +53,18 @@ class ScanSchedule:
         return ScanSchedule(**fields)
 
 
+def _check_index(idx: np.ndarray, length: int) -> None:
+    """The kernels write map positions without bounds checks or atomics: every position must be in range
+    and visited at most once per direction (true of every plans.build_index map)."""
+    if idx.size and (idx.max() >= length or idx.min() < -1):
+        raise ValueError(f'index map entries must lie in [-1, {length}), got [{idx.min()}, {idx.max()}]')
+    for k, row in enumerate(idx):
+        real = row[row >= 0]
+        if np.unique(real).size != real.size:
+            raise ValueError(f'direction {k} of the index map visits a position twice; the fused scan needs each '
+                             f'direction to be a (padded) permutation of map positions')
+
+
 def _fill_padding(tiles: np.ndarray) -> np.ndarray:
     """Padded steps (-1) take the tile of the previous real step (of the next one at the start)."""
     out = tiles.copy()
@@ -99,6 +111,7 @@ def build_schedule(index: torch.Tensor, length: int, block_t: int, min_tiles: in
     """Plan tiles and chunks on the CPU; ``min_tiles`` > 1 asks for sequence parallelism."""
     idx = index.detach().to('cpu', torch.long).numpy()
     K, Lk = idx.shape
+    _check_index(idx, length)
     if min_tiles <= 1:
         tile_size = max(length, 1)
     else:
