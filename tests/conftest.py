@@ -1,7 +1,13 @@
 import os
 
-import pytest
 import torch
+
+# Without a GPU the Triton kernels run under Triton's CPU interpreter. The switch is read when triton is
+# first imported (timm imports it through torch._inductor), so it is set here, before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import pytest  # noqa: E402
 
 # two threads were erratic on the CI machine; every CPU test runs single-threaded
 torch.set_num_threads(1)
