@@ -19,4 +19,13 @@ fi
 if [ -f scripts/install_mm.sh ] && [ "${VSSM_SKIP_MM:-0}" != "1" ]; then
   bash scripts/install_mm.sh "$VPY"
 fi
+# first imports write caches (yapf's grammar pickle under mmengine, the fused CPU scan's C++ build): do them
+# once here, so parallel test workers never race on a half-written file
+$VPY - <<'PY'
+import importlib.util
+from vssm.ops.cpu_kernel import load_extension
+load_extension()
+if importlib.util.find_spec('mmengine') is not None:
+    import mmengine.config  # noqa: F401
+PY
 echo "vssm environment ready: $VPY"
