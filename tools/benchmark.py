@@ -90,6 +90,14 @@ def expand_models(patterns: List[str]) -> List[str]:
 
 # ---------------------------------------------------------------------------------------------- memory
 
+def _malloc_trim():
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak memory of a block: CUDA allocator peak, or on Linux the resident-set high-water mark."""
 
@@ -112,6 +120,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
+            _malloc_trim()  # hand freed heap pages back, so memory reused from earlier runs shows up again
             try:
                 with open('/proc/self/clear_refs', 'w') as f:
                     f.write('5')  # resets VmHWM to the current resident set
@@ -228,12 +237,19 @@ def _gflops(model, img_size: int, args) -> float:
         from vssm.ops.flops import count_flops
     except ImportError:
         return float('nan')
+    # fvcore has no handle for F.scaled_dot_product_attention: count timm attention through its explicit matmuls
+    fused = [m for m in model.modules() if getattr(m, 'fused_attn', False) is True]
+    for m in fused:
+        m.fused_attn = False
     try:
         return round(count_flops(model, input_size=(args.in_chans, img_size, img_size)) / 1e9, 6)
     except Exception as e:  # fvcore missing or a trace it cannot follow: keep the timing, say why
         print(f'  (FLOPs of {model.__class__.__name__} at {img_size} not counted: {type(e).__name__}: {e})',
               file=sys.stderr)
         return float('nan')
+    finally:
+        for m in fused:
+            m.fused_attn = True
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -289,7 +305,7 @@ def plot_results(rows: List[Dict], path: str, x: str = 'auto') -> str:
     dev = rows[0]['device'] if rows else ''
     if x == 'resolution':
         return plot_xy_series(series, path, xlabel='image side (pixels)', ylabel=f'{what} img/s',
-                              title=f'{what} throughput vs resolution ({dev}); linear cost: slope -2 on log-log',
+                              title=f'{what} throughput vs resolution ({dev})\nlinear cost in pixels = slope -2 here',
                               logx=True, logy=True)
     return plot_xy_series(series, path, xlabel='GFLOPs per image', ylabel=f'{what} img/s',
                           title=f'{what} throughput vs FLOPs ({dev}, {sorted(sizes)[0]}px)', annotate=True)

@@ -66,16 +66,21 @@ def plot_xy_series(series: Dict[str, Sequence[Sequence[float]]], png_path: str, 
         ax.plot(xs, ys, 'o-', label=name)
         if annotate and len(xs) == 1:
             ax.annotate(name, (xs[0], ys[0]), textcoords='offset points', xytext=(4, 4), fontsize=8)
+    from matplotlib.ticker import FormatStrFormatter
     if logx:
         ax.set_xscale('log')
+        ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter('%g'))
     if logy:
         ax.set_yscale('log')
+        ax.yaxis.set_major_formatter(FormatStrFormatter('%g'))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter('%g'))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(png_path)
     plt.close(fig)
