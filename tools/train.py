@@ -655,6 +655,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                                 amp_scaler=loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir,
                                 decreasing=args.eval_metric == 'loss', max_history=args.checkpoint_hist)
         step_log = StepLog(os.path.join(output_dir, 'steps.csv'), append=start_epoch > 0)
+        if args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir):
+            # resuming in place: keep managing (and pruning) the checkpoints written before the stop
+            from timm.utils.checkpoint_saver import load_checkpoint_metadata
+            meta = load_checkpoint_metadata(args.resume)
+            if isinstance(meta.get('saver'), dict):
+                saver.load_state_dict(meta['saver'])
     if fsdp:
         saver = _FsdpSaver(saver, model, optimizer, ctx)
 
