@@ -4,7 +4,7 @@ A subclass provides ``stem`` (NCHW image -> NHWC map), ``stages`` (nn.Sequential
 ``grad_checkpointing`` flag), ``norm`` (final norm over channels), ``head`` (timm ClassifierHead, NHWC input),
 ``feature_info``, ``num_features``, ``in_chans`` and ``min_input_size``.
 """
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,17 @@ __all__ = ['HierarchicalModelMixin']
 
 
 class HierarchicalModelMixin:
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.stages:

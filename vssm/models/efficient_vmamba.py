@@ -216,17 +216,6 @@ class EfficientVMamba(HierarchicalModelMixin, nn.Module):
                 m.init_weights()
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
     def no_weight_decay(self) -> List[str]:
         # the official code marks A_logs and Ds _no_weight_decay
         return ['*.A_logs', '*.Ds'] if any(isinstance(m, SS2D) for m in self.modules()) else []

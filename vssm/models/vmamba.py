@@ -222,17 +222,6 @@ class VMamba(HierarchicalModelMixin, nn.Module):
                 m.init_weights()
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
     def no_weight_decay(self) -> List[str]:
         # per-channel SSM parameters, as the official optimizer setup excludes them
         return ['*.A_logs', '*.Ds', '*.dt_projs_bias']
