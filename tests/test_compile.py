@@ -71,7 +71,7 @@ def _scan_inputs(channel_last: bool, requires_grad: bool = False):
 def test_opcheck_plan_scan(merge):
     """torch.library.opcheck: schema, fake tensor kernel, autograd registration, AOT dispatch."""
     t, idx, L = _scan_inputs(channel_last=True, requires_grad=True)
-    args = (*[t[n] for n in NAMES], idx, L, merge, True, 'fast')
+    args = (*[t[n] for n in NAMES], None, idx, L, merge, True, 'fast')
     torch.library.opcheck(torch.ops.vssm.plan_scan.default, args)
 
 
@@ -82,13 +82,13 @@ def test_fake_outputs_and_gradients_match_real(channel_last):
     args = [t[n] for n in NAMES]
     real_out = plan_selective_scan(*args, index=idx, length=L)
     grad_out = torch.randn_like(real_out)
-    bwd_args = (grad_out, *args, idx, L, 'sum', True, 'fast')
+    bwd_args = (grad_out, *args, None, idx, L, 'sum', True, 'fast')
     real_grads = torch.ops.vssm.plan_scan_bwd(*bwd_args)
     with FakeTensorMode() as mode:
         fake_args = [mode.from_tensor(a) for a in args]
         fake_idx = mode.from_tensor(idx)
         fake_out = plan_selective_scan(*fake_args, index=fake_idx, length=L)
-        fake_grads = torch.ops.vssm.plan_scan_bwd(mode.from_tensor(grad_out), *fake_args, fake_idx, L, 'sum', True,
+        fake_grads = torch.ops.vssm.plan_scan_bwd(mode.from_tensor(grad_out), *fake_args, None, fake_idx, L, 'sum', True,
                                                   'fast')
     for real, fake in [(real_out, fake_out), *zip(real_grads, fake_grads)]:
         assert (fake.shape, fake.dtype, fake.stride()) == (real.shape, real.dtype, real.stride())

@@ -201,3 +201,141 @@ def test_softplus_threshold_matches_mamba():
     ref = _call(plan_scan_reference, t, idx, L, 'sum')
     torch.testing.assert_close(out, ref)
     assert math.isclose(torch.nn.functional.softplus(torch.tensor(25.0)).item(), 25.0)
+
+
+# ------------------------------------------------------------------ contract v2: low-rank Δ, grouped plans
+
+def _low_rank(t, R=2):
+    """Replace delta by a rank-R factor and a (K, D, R) weight whose product is a fresh Δ."""
+    Bt, K, Dm, Lk = t['delta'].shape
+    dtype = t['delta'].dtype
+    return dict(t, delta=torch.randn(Bt, K, R, Lk, dtype=dtype) * 0.5,
+                delta_weight=torch.randn(K, Dm, R, dtype=dtype) * 0.5)
+
+
+def _call_lr(fn, t, idx, L, merge):
+    return fn(*[t[n] for n in NAMES], index=idx, length=L, merge=merge, delta_weight=t.get('delta_weight'))
+
+
+def _grads_lr(fn, t, idx, L, merge, grad_out):
+    leaves = {n: (v.detach().clone().requires_grad_(True) if v is not None else None) for n, v in t.items()}
+    out = _call_lr(fn, leaves, idx, L, merge)
+    out.backward(grad_out)
+    return out.detach(), {n: v.grad for n, v in leaves.items() if v is not None}
+
+
+def _expanded_reference(*a, delta_weight, **k):
+    from vssm.ops import expand_delta
+    a = list(a)
+    a[1] = expand_delta(a[1], delta_weight)
+    return plan_scan_reference(*a, **k)
+
+
+LOW_RANK_BACKENDS = {
+    'reference': plan_scan_reference,
+    'op-fast': lambda *a, **k: plan_selective_scan(*a, **k, backend='fast'),
+    'op-reference': lambda *a, **k: plan_selective_scan(*a, **k, backend='reference'),
+}
+
+
+@pytest.mark.parametrize('backend', list(LOW_RANK_BACKENDS))
+@pytest.mark.parametrize('plan', ['vmamba', 'atrous', 'vim'])
+def test_low_rank_delta_matches_expanded_delta(backend, plan):
+    """Δ given as (dts, weight) equals Δ = weight @ dts given in full: values and every gradient, float64."""
+    t, idx, L = make_inputs(PLANS[plan], Bt=2, H=5, W=3, seq_u=plan == 'vim')
+    t = _low_rank(t)
+    ref_out = _call_lr(_expanded_reference, t, idx, L, 'sum')
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref_g = _grads_lr(_expanded_reference, t, idx, L, 'sum', grad_out)
+    out, g = _grads_lr(LOW_RANK_BACKENDS[backend], t, idx, L, 'sum', grad_out)
+    torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
+    assert set(g) == set(ref_g) and 'delta_weight' in g
+    for n in ref_g:
+        torch.testing.assert_close(g[n], ref_g[n], rtol=1e-7, atol=1e-8, msg=f'gradient of {n}')
+
+
+def test_low_rank_delta_on_the_cpu_kernel_float32():
+    t64, idx, L = make_inputs(PLANS['windows'], Bt=1, H=7, W=5, N=3)
+    t64 = _low_rank(t64, R=3)
+    t32 = {n: v.float() for n, v in t64.items()}
+    ref_out = _call_lr(_expanded_reference, t64, idx, L, 'sum')
+    grad_out = torch.randn_like(ref_out)
+    ref_out, ref_g = _grads_lr(_expanded_reference, t64, idx, L, 'sum', grad_out)
+    out, g = _grads_lr(_cpu_kernel, t32, idx, L, 'sum', grad_out.float())
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)
+    for n in ref_g:
+        torch.testing.assert_close(g[n].double(), ref_g[n], rtol=1e-3, atol=1e-3, msg=f'gradient of {n}')
+
+
+def _grouped_by_hand(t, plan, H, W):
+    """Each direction k scanned alone (a one-direction plan) on channel group k, concatenated."""
+    K = len(plan)
+    Dg = t['delta'].shape[2]
+    outs = []
+    for k, d in enumerate(plan):
+        idx_k = build_index((d,), H, W)
+        sl = slice(k * Dg, (k + 1) * Dg)
+        outs.append(plan_scan_reference(
+            t['u'][:, sl], t['delta'][:, k:k + 1], t['A'][sl], t['B'][:, k:k + 1], t['C'][:, k:k + 1], t['D'][sl],
+            t['z'][:, sl], t['delta_bias'][sl], index=idx_k, length=H * W, merge='sum'))
+    return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize('backend', ['reference', 'fast', 'op-fast', 'op-default'])
+@pytest.mark.parametrize('H, W', [(5, 7), (4, 4), (1, 6)])
+def test_grouped_plan_is_one_direction_per_channel_group(backend, H, W):
+    plan = ('h', 'v', 'h_flip', 'v_flip')
+    t, idx, L = make_inputs(plan, Bt=2, Dm=3, H=H, W=W)
+    K = len(plan)
+    t = dict(t, u=torch.randn(2, K * 3, L, dtype=torch.float64), z=torch.randn(2, K * 3, L, dtype=torch.float64))
+    fn = {'reference': plan_scan_reference, 'fast': plan_scan_fast,
+          'op-fast': lambda *a, **k: plan_selective_scan(*a, **k, backend='fast'),
+          'op-default': plan_selective_scan}[backend]
+    out = _call(fn, t, idx, L, 'group')
+    assert out.shape == (2, K * 3, L)
+    torch.testing.assert_close(out, _grouped_by_hand(t, plan, H, W), rtol=1e-9, atol=1e-9)
+
+
+def test_grouped_plan_gradients_match_reference():
+    plan = ('h', 'v', 'h_flip', 'v_flip')
+    t, idx, L = make_inputs(plan, Bt=1, Dm=2, H=3, W=5)
+    t = dict(t, u=torch.randn(1, 8, L, dtype=torch.float64), z=torch.randn(1, 8, L, dtype=torch.float64))
+    grad_out = torch.randn(1, 8, L, dtype=torch.float64)
+    ref_out, ref_g = _grads(plan_scan_reference, t, idx, L, 'group', grad_out)
+    out, g = _grads(lambda *a, **k: plan_selective_scan(*a, **k, backend='fast'), t, idx, L, 'group', grad_out)
+    torch.testing.assert_close(out, ref_out)
+    for n in ref_g:
+        torch.testing.assert_close(g[n], ref_g[n], rtol=1e-7, atol=1e-8, msg=f'gradient of {n}')
+
+
+def test_grouped_plan_shape_errors():
+    plan = ('h', 'v')
+    t, idx, L = make_inputs(plan, Dm=3)
+    with pytest.raises(ValueError, match="merge='group' u must be a map"):
+        _call(plan_selective_scan, t, idx, L, 'group')
+
+
+@pytest.mark.parametrize('bad, match', [
+    (lambda i: i.masked_fill(i == 3, 99), r'positions in \[0, 35\)'),
+    (lambda i: i.masked_fill(i == 3, -2), r'positions in \[0, 35\)'),
+    (lambda i: torch.where(i == 3, torch.full_like(i, 4), i), 'more than once'),
+])
+def test_index_values_are_validated_on_every_backend(bad, match):
+    t, idx, L = make_inputs(PLANS['vmamba'], Bt=1, dtype=torch.float32)
+    bad_idx = bad(idx.clone())
+    for backend in ('reference', 'fast', 'cpu'):
+        with pytest.raises(ValueError, match=match):
+            plan_selective_scan(*[t[n] for n in NAMES], index=bad_idx, length=L, backend=backend)
+
+
+def test_gradients_have_their_inputs_layout():
+    """The backward op returns each gradient with its input's strides (channel-last u stays channel-last)."""
+    t, idx, L = make_inputs(PLANS['vmamba'], Bt=2, dtype=torch.float32)
+    t['u'] = t['u'].transpose(1, 2).contiguous().transpose(1, 2)  # channel-last map
+    leaves = {n: v.detach().clone().requires_grad_(True) for n, v in t.items()}
+    leaves['u'] = t['u'].detach().requires_grad_(True)
+    out = _call(plan_selective_scan, leaves, idx, L, 'sum')
+    assert out.stride(1) == 1  # channel-last result
+    out.backward(torch.randn_like(out))
+    for n, v in leaves.items():
+        assert v.grad.stride() == v.stride(), n

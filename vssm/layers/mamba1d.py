@@ -154,11 +154,10 @@ class MultiMamba(nn.Module):
         u = self.act(_causal_depthwise_conv(cross_scan_rows(xs, index), conv_w, conv_b))  # (B, K, Lk, D)
         x_dbl = torch.matmul(u, x_proj.transpose(1, 2))  # (B, K, Lk, R + 2N)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)
-        delta = torch.matmul(dts, dt_w.transpose(1, 2))  # (B, K, Lk, D)
-        y = plan_selective_scan(
-            u.transpose(-1, -2), delta.transpose(-1, -2), A, Bs.transpose(-1, -2), Cs.transpose(-1, -2), D,
+        y = plan_selective_scan(  # Δ = dt_proj(dts) computed inside the scan (low-rank form)
+            u.transpose(-1, -2), dts.transpose(-1, -2), A, Bs.transpose(-1, -2), Cs.transpose(-1, -2), D,
             z=z.transpose(1, 2), delta_bias=dt_b, index=index, length=L, merge=self.plan.merge,
-            delta_softplus=True,
+            delta_softplus=True, delta_weight=dt_w,
         )
         if self.direction_gate is not None:
             y = self.direction_gate.merge_directions(y)

@@ -172,12 +172,13 @@ class SS2D(nn.Module):
             x_dbl = F.linear(x_cl, self.x_proj_weight.reshape(-1, D)).view(Bt, L, K, -1)
             x_dbl = cross_scan_rows(x_dbl, index)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)  # (B, K, Lk, .)
-        delta = torch.matmul(dts, self.dt_projs_weight.transpose(1, 2))  # (B, K, Lk, D), time-major
+        # Δ = dt_proj(dts) stays in low-rank form: the scan computes it per step, so no (B, K, D, L) tensor
+        # is written or saved for backward
         y = plan_selective_scan(
-            x_cl.transpose(1, 2), delta.transpose(-1, -2), -torch.exp(self.A_logs.float()),
+            x_cl.transpose(1, 2), dts.transpose(-1, -2), -torch.exp(self.A_logs.float()),
             Bs.transpose(-1, -2), Cs.transpose(-1, -2), self.Ds.float(),
             z=None if z is None else z.flatten(2), delta_bias=self.dt_projs_bias.flatten().float(),
-            index=index, length=L, merge=self.plan.merge, delta_softplus=True,
+            index=index, length=L, merge=self.plan.merge, delta_softplus=True, delta_weight=self.dt_projs_weight,
         )
         if self.direction_gate is not None:
             y = self.direction_gate.merge_directions(y)

@@ -1,10 +1,10 @@
 """The scan engine: direction plans, selective scan backends and their single entry point."""
 from .plans import (
     DirectionPlan, build_index, cross_scan, cross_scan_rows, cross_merge, VMAMBA_PLAN, VIM_PLAN, EFFICIENT_VMAMBA_PLAN,
-    MERGE_MODES,
+    GROUPED_PLAN, MERGE_MODES, validate_index,
 )
 from .selective_scan import selective_scan_ref, selective_scan_fast
 from .scan import (
     plan_selective_scan, plan_scan_reference, plan_scan_fast, register_backend, available_backends,
-    resolve_backend, Backend, BACKEND_ENV, CPU_KERNEL_ENV,
+    resolve_backend, expand_delta, Backend, ScanInputError, BACKEND_ENV, CPU_KERNEL_ENV,
 )

@@ -100,7 +100,7 @@ def scan_backward_with(ext, grad_out, u, delta, A, B, C, D=None, z=None, delta_b
     """Gradients (u, delta, A, B, C, D, z, delta_bias), None for absent inputs, each in its input's dtype."""
     dt = _kernel_dtype(u, delta, B, C, z)
     _check_index(index, length)
-    grads = ext.backward(_as(grad_out, dt), _as(u, dt), _as(delta, dt), _f32(A), _as(B, dt), _as(C, dt), _f32(D),
+    grads = ext.backward(_as(grad_out, dt).contiguous(), _as(u, dt), _as(delta, dt), _f32(A), _as(B, dt), _as(C, dt), _f32(D),
                          _as(z, dt), _f32(delta_bias), index.contiguous(), int(length), _MERGE_CODES[merge],
                          bool(delta_softplus), chunk, tile, sub, num_sms)
     inputs = (u, delta, A, B, C, D, z, delta_bias)

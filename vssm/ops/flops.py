@@ -25,13 +25,21 @@ def scan_flops(batch: int, directions: int, channels: int, length: int, d_state:
 
 def _plan_scan_handle(inputs: List[Any], outputs: List[Any]) -> int:
     from fvcore.nn.jit_handles import get_shape
-    delta_shape = get_shape(inputs[1])  # (B, K, D, Lk)
+    delta_shape = get_shape(inputs[1])  # (B, K, D, Lk), or the low-rank factor (B, K, R, Lk)
     A_shape = get_shape(inputs[2])  # (K*D, N)
     has_D = get_shape(inputs[5]) is not None
     z_shape = get_shape(inputs[6])
+    weight_shape = get_shape(inputs[8])  # (K, D, R) with low-rank Δ
     Bt, K, Dm, Lk = delta_shape
-    return scan_flops(Bt, K, Dm, Lk, A_shape[1], with_D=has_D, with_z=z_shape is not None,
-                      map_length=z_shape[-1] if z_shape is not None else 0)
+    flops = 0
+    if weight_shape is not None:  # Δ = dt_proj(dts) inside the op: the einsum a plain Δ would have cost outside
+        Dm, R = weight_shape[1], weight_shape[2]
+        flops += Bt * K * Dm * R * Lk
+    z_channels = z_shape[1] if z_shape is not None else Dm
+    flops += scan_flops(Bt, K, Dm, Lk, A_shape[1], with_D=has_D)
+    if z_shape is not None:
+        flops += Bt * z_channels * z_shape[-1]
+    return flops
 
 
 _HANDLES = {'vssm::plan_scan': _plan_scan_handle}

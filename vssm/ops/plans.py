@@ -12,6 +12,8 @@ Direction names:
   any name + ``_flip``          the same sequence reversed
 """
 import re
+import weakref
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Sequence, Tuple
 
@@ -19,10 +21,12 @@ import torch
 
 __all__ = [
     'DirectionPlan', 'build_index', 'cross_scan', 'cross_scan_rows', 'cross_merge',
-    'VMAMBA_PLAN', 'VIM_PLAN', 'EFFICIENT_VMAMBA_PLAN', 'MERGE_MODES',
+    'VMAMBA_PLAN', 'VIM_PLAN', 'EFFICIENT_VMAMBA_PLAN', 'GROUPED_PLAN', 'MERGE_MODES', 'validate_index',
 ]
 
-MERGE_MODES = ('sum', 'mean', 'none')
+# sum / mean: directions summed (averaged) back into one map; none: one map per direction;
+# group: direction k owns channel group k of the map, in and out (GroupMamba)
+MERGE_MODES = ('sum', 'mean', 'none', 'group')
 _ATROUS = re.compile(r'^a(\d+)_(\d)(\d)_([hv])$')
 _WINDOW = re.compile(r'^w(\d+)$')
 
@@ -71,23 +75,70 @@ def _index_cpu(directions: Tuple[str, ...], H: int, W: int) -> torch.Tensor:
     return index
 
 
-_DEVICE_CACHE = {}
+# device copies of index maps, least recently used dropped first: multi-scale training meets many map sizes
+_DEVICE_CACHE: 'OrderedDict[tuple, torch.Tensor]' = OrderedDict()
+_DEVICE_CACHE_SIZE = 256
 
 
 def build_index(directions: Sequence[str], H: int, W: int, device=None) -> torch.Tensor:
-    """(K, Lk) long index map of a plan on an (H, W) map, cached per device."""
+    """(K, Lk) long index map of a plan on an (H, W) map, cached per device (LRU, 256 entries)."""
     if H < 1 or W < 1:
         raise ValueError(f'a scan needs a map of at least 1x1, got {H}x{W}')
     cpu = _index_cpu(tuple(directions), int(H), int(W))
     device = torch.device('cpu') if device is None else torch.device(device)
     if device.type == 'cpu':
         return cpu
+    if device.type == 'meta':
+        return cpu.to(device)
     key = (tuple(directions), int(H), int(W), str(device))
-    if key not in _DEVICE_CACHE:
-        if device.type == 'meta':
-            return cpu.to(device)
-        _DEVICE_CACHE[key] = cpu.to(device)
-    return _DEVICE_CACHE[key]
+    index = _DEVICE_CACHE.get(key)
+    if index is None:
+        index = _DEVICE_CACHE[key] = cpu.to(device)
+        while len(_DEVICE_CACHE) > _DEVICE_CACHE_SIZE:
+            _DEVICE_CACHE.popitem(last=False)
+    else:
+        _DEVICE_CACHE.move_to_end(key)
+    return index
+
+
+# index tensors already validated, by id (weak: an entry dies with its tensor, so a new tensor at a reused
+# address is checked again); the value records the tensor version and length it was checked at
+_VALIDATED: 'weakref.WeakValueDictionary[int, torch.Tensor]' = weakref.WeakValueDictionary()
+_VALIDATED_AT = {}
+
+
+def validate_index(index: torch.Tensor, length: int) -> None:
+    """Index maps must hold map positions in [0, length) or -1 (padding), each position at most once per
+    direction: the fused kernels read and write through them without bounds checks or atomics.
+
+    Checked once per index tensor and length (plans' index maps are cached, so a model pays once per map size).
+    Skipped on meta/fake tensors and while torch.compile traces (the kernels' own checks still apply).
+    """
+    if index.device.type == 'meta' or torch.compiler.is_compiling() or _is_fake(index):
+        return
+    key = id(index)
+    if _VALIDATED.get(key) is index and _VALIDATED_AT.get(key) == (index._version, length):
+        return
+    if index.numel():
+        lo, hi = int(index.min()), int(index.max())
+        if lo < -1 or hi >= length:
+            raise ValueError(f'index must hold map positions in [0, {length}) or -1 for padding; found values '
+                             f'from {lo} to {hi}')
+        srt = index.sort(dim=1).values
+        repeated = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+        if bool(repeated.any()):
+            k = int(repeated.any(dim=1).nonzero()[0])
+            raise ValueError(f'index direction {k} visits a map position more than once; each position may appear '
+                             f'at most once per direction')
+    for dead in [k for k in _VALIDATED_AT if k not in _VALIDATED]:
+        del _VALIDATED_AT[dead]
+    _VALIDATED[key] = index
+    _VALIDATED_AT[key] = (index._version, length)
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+    return is_fake(t)
 
 
 class DirectionPlan:
@@ -111,6 +162,8 @@ class DirectionPlan:
         return build_index(self.directions, H, W, device)
 
     def scan(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        if self.merge == 'group':  # direction k reads channel group k
+            x = x.view(x.shape[0], self.num_directions, -1, x.shape[-1])
         return cross_scan(x, self.index(H, W, x.device))
 
     def unscan(self, y: torch.Tensor, H: int, W: int, merge: str = None) -> torch.Tensor:
@@ -128,6 +181,8 @@ class DirectionPlan:
 
 VMAMBA_PLAN = DirectionPlan(('h', 'v', 'h_flip', 'v_flip'), 'sum')
 VIM_PLAN = DirectionPlan(('h', 'h_flip'), 'mean')
+# GroupMamba: four channel groups, each scanned along one direction
+GROUPED_PLAN = DirectionPlan(('h', 'v', 'h_flip', 'v_flip'), 'group')
 EFFICIENT_VMAMBA_PLAN = DirectionPlan(('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'), 'sum')
 
 
@@ -168,14 +223,15 @@ def cross_scan_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def cross_merge(y: torch.Tensor, index: torch.Tensor, length: int, merge: str = 'sum') -> torch.Tensor:
-    """Sequences (B, K, C, Lk) back to map positions: sum / mean -> (B, C, L); none -> (B, K, C, L)."""
+    """Sequences (B, K, C, Lk) back to map positions: sum / mean -> (B, C, L); none -> (B, K, C, L);
+    group -> (B, K*C, L) (direction k fills channel group k)."""
     K, Lk = index.shape
     B, _, C, _ = y.shape
     idx = _pad_index(index, length)
-    if merge == 'none':
+    if merge in ('none', 'group'):
         out = y.new_zeros(B, K, C, length + 1)
-        out = out.scatter_add(-1, idx.view(1, K, 1, Lk).expand(B, K, C, Lk), y)
-        return out[..., :length]
+        out = out.scatter_add(-1, idx.view(1, K, 1, Lk).expand(B, K, C, Lk), y)[..., :length]
+        return out.reshape(B, K * C, length) if merge == 'group' else out
     if merge not in ('sum', 'mean'):
         raise ValueError(f'merge must be one of {MERGE_MODES}, got {merge!r}')
     out = y.new_zeros(B, C, length + 1)
