@@ -142,7 +142,7 @@ def test_mmengine_loader_reads_checkpoints_with_python_objects(tmp_path):
     assert isinstance(ckpt['message_hub']['loss'], HistoryBuffer)
 
 
-@pytest.mark.parametrize('name', ['EfficientVMamba', 'LocalVMamba', 'Vim', 'LocalVim'])
+@pytest.mark.parametrize('name', ['EfficientVMamba', 'LocalVMamba', 'GroupMamba', 'Vim', 'LocalVim'])
 def test_every_family_loads_its_classification_checkpoint(name, tmp_path):
     from vssm.mm.testing import tiny_backbone_overrides
     cfg = dict(type=f'vssm.{name}')
@@ -152,6 +152,19 @@ def test_every_family_loads_its_classification_checkpoint(name, tmp_path):
     path = tmp_path / 'last.pth.tar'
     _save_like_train_py(clf, path)
     bb = ROOT_MODELS.build(dict(cfg, pretrained=str(path)))
+    bb.init_weights()
+    _assert_body_equals(bb, clf.state_dict())
+
+
+def test_official_groupmamba_release_initialises_backbone(tmp_path):
+    """The HF release layout (a bare EMA state dict of the official model) through the backbone's loader."""
+    from vssm.models.groupmamba import checkpoint_to_official
+    clf = timm.create_model('groupmamba_tiny', depths=(1, 1, 1, 1), dims=16)
+    official = checkpoint_to_official(clf.state_dict(), clf)
+    assert 'block3.0.attn.mamba_g3.A_logs' in official and 'dist_head.weight' in official
+    path = tmp_path / 'groupmamba_tiny_ema.pth'
+    torch.save(official, path)
+    bb = ROOT_MODELS.build(dict(type='vssm.GroupMamba', depths=(1, 1, 1, 1), dims=16, pretrained=str(path)))
     bb.init_weights()
     _assert_body_equals(bb, clf.state_dict())
 

@@ -189,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--drop-path', type=float, default=None)
     g.add_argument('--drop-block', type=float, default=None)
 
+    g = p.add_argument_group('Knowledge distillation (timm.task; timm train.py names)')
+    g.add_argument('--kd-model-name', default=None, type=str, metavar='MODEL',
+                   help='teacher model (timm name, e.g. regnety_160.deit_in1k); enables distillation')
+    g.add_argument('--kd-model-checkpoint', default=None, type=str, metavar='PATH',
+                   help="teacher weights file (default: the teacher's pretrained weights)")
+    g.add_argument('--kd-distill-type', default='logit', type=str, choices=['logit', 'feature', 'token'],
+                   help="'token': models with a distillation head (DeiT, GroupMamba)")
+    g.add_argument('--kd-loss-type', default='kl', type=str, help="logit distillation loss (only 'kl')")
+    g.add_argument('--kd-token-distill-type', default='soft', type=str, choices=['soft', 'hard'],
+                   help="token distillation: 'soft' KL with temperature, 'hard' CE on the teacher's argmax")
+    g.add_argument('--kd-temperature', default=4.0, type=float)
+    g.add_argument('--kd-student-feature-dim', default=None, type=int)
+    g.add_argument('--kd-teacher-feature-dim', default=None, type=int)
+    g.add_argument('--distill-loss-weight', default=None, type=float,
+                   help='with --task-loss-weight: independent weights; alone: task weight 1')
+    g.add_argument('--task-loss-weight', default=None, type=float,
+                   help='alone: loss = w * task + (1 - w) * distillation (DeiT hard distillation: 0.5)')
+
     g = p.add_argument_group('Model EMA')
     g.add_argument('--model-ema', action='store_true', default=False)
     g.add_argument('--model-ema-force-cpu', action='store_true', default=False)
@@ -431,7 +449,24 @@ class StepLog:
                 f.write(f'{epoch},{update},{epoch_float:.5f},{loss:.6f},{lr:.8g}\n')
 
 
-def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, ctx, lr_scheduler, model_ema, mixup,
+def build_task(model, train_loss, args, ctx):
+    """timm's training task: plain classification, or distillation from --kd-model-name (teacher frozen, eval)."""
+    from timm.task import ClassificationTask, FeatureDistillationTask, LogitDistillationTask, TokenDistillationTask
+    common = dict(criterion=train_loss, device=ctx['device'], verbose=ctx['primary'])
+    if args.kd_model_name is None:
+        return ClassificationTask(model, **common)
+    teacher = dict(teacher_model=args.kd_model_name, teacher_pretrained_path=args.kd_model_checkpoint,
+                   distill_loss_weight=args.distill_loss_weight, task_loss_weight=args.task_loss_weight, **common)
+    if args.kd_distill_type == 'token':
+        return TokenDistillationTask(model, distill_type=args.kd_token_distill_type, temperature=args.kd_temperature,
+                                     **teacher)
+    if args.kd_distill_type == 'feature':
+        return FeatureDistillationTask(model, student_feature_dim=args.kd_student_feature_dim,
+                                       teacher_feature_dim=args.kd_teacher_feature_dim, **teacher)
+    return LogitDistillationTask(model, loss_type=args.kd_loss_type, temperature=args.kd_temperature, **teacher)
+
+
+def train_one_epoch(epoch, model, loader, optimizer, task, args, ctx, lr_scheduler, model_ema, mixup,
                     amp_autocast, loss_scaler, step_log):
     from tqdm import tqdm
     if mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
@@ -457,7 +492,7 @@ def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, ctx, lr_sche
         sync = nullcontext() if need_update or not hasattr(model, 'no_sync') else model.no_sync()
         with sync:
             with amp_autocast():
-                loss = loss_fn(model(x), y)
+                loss = task(x, y)['loss']
             scaled = loss / steps_in_update
             if loss_scaler is not None:
                 loss_scaler(scaled, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
@@ -642,6 +677,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     else:
         train_loss = nn.CrossEntropyLoss()
     train_loss = train_loss.to(ctx['device'])
+    task = build_task(model, train_loss, args, ctx)
 
     output_dir, saver, step_log = None, None, StepLog(None, False)
     if ctx['primary']:
@@ -671,7 +707,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         random_seed(args.seed + 1000 * (epoch + 1), ctx['rank'])
         if hasattr(train_sampler, 'set_epoch'):
             train_sampler.set_epoch(epoch)
-        train_metrics = train_one_epoch(epoch, model, loader_train, optimizer, train_loss, args, ctx, lr_scheduler,
+        train_metrics = train_one_epoch(epoch, model, loader_train, optimizer, task, args, ctx, lr_scheduler,
                                         model_ema, mixup, amp_autocast, loss_scaler, step_log)
         eval_metrics = validate(model, loader_eval, args, ctx, amp_autocast)
         if model_ema is not None:

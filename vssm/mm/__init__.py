@@ -5,8 +5,8 @@ MODELS registry, so mmdet and mmseg configs both use them as ``type='vssm.<Name>
 ``custom_imports=dict(imports=['vssm.mm'])``. It also routes mmengine's checkpoint loading through
 ``load_checkpoint_file`` (torch >= 2.6 weights_only default; see vssm/mm/checkpoint.py).
 
-Backbones: vssm.VMamba, vssm.EfficientVMamba, vssm.LocalVMamba (hierarchical, strides 4..32);
-vssm.Vim, vssm.LocalVim (plain, with a ViTDet-style simple feature pyramid at strides 4..32).
+Backbones: vssm.VMamba, vssm.EfficientVMamba, vssm.LocalVMamba, vssm.GroupMamba (hierarchical, strides
+4..32); vssm.Vim, vssm.LocalVim (plain, with a ViTDet-style simple feature pyramid at strides 4..32).
 """
 try:
     import mmengine  # noqa: F401
@@ -18,14 +18,15 @@ from .registry import MODELS
 from .base import HierarchicalBackbone, TimmBackboneBase
 from .vmamba import VMambaBackbone
 from .efficient_vmamba import EfficientVMambaBackbone
+from .groupmamba import GroupMambaBackbone
 from .localmamba import LocalVimBackbone, LocalVMambaBackbone
 from .plain import PlainBackbone
 from .vim import VimBackbone
 
 __all__ = [
     'MODELS', 'TimmBackboneBase', 'HierarchicalBackbone', 'PlainBackbone', 'VMambaBackbone',
-    'EfficientVMambaBackbone', 'LocalVMambaBackbone', 'LocalVimBackbone', 'VimBackbone', 'load_checkpoint_file',
-    'patch_mmengine_checkpoint_loader',
+    'EfficientVMambaBackbone', 'GroupMambaBackbone', 'LocalVMambaBackbone', 'LocalVimBackbone', 'VimBackbone',
+    'load_checkpoint_file', 'patch_mmengine_checkpoint_loader',
 ]
 
 patch_mmengine_checkpoint_loader()

@@ -3,3 +3,4 @@ from .vmamba import VMamba
 from .efficient_vmamba import EfficientVMamba
 from .vim import Vim
 from .localmamba import LocalVMamba
+from .groupmamba import GroupMamba
