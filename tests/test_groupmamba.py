@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import vssm  # noqa: F401
 from vssm.models.groupmamba import checkpoint_filter_fn, checkpoint_to_official
-from vssm.ops import GROUPED_PLAN, build_index, plan_scan_reference, plan_selective_scan, resolve_backend
+from vssm.ops import GROUPED_PLAN, plan_scan_reference, plan_selective_scan, resolve_backend
 from vssm.ops.flops import count_flops
 
 # ../shared/official_keys/groupmamba_*.keys.txt (made by instantiating the official code), gzipped into the repo
@@ -446,7 +446,8 @@ def test_bad_arguments_are_clear_errors():
 def test_distillation_training_task_and_no_decay_groups(tmp_path):
     """tools/train.py builds timm's TokenDistillationTask: hard targets from a frozen eval-mode teacher."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location('vssm_tools_train_gm', Path(__file__).parents[1] / 'tools' / 'train.py')
+    path = Path(__file__).parents[1] / 'tools' / 'train.py'
+    spec = importlib.util.spec_from_file_location('vssm_tools_train_gm', path)
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
     from timm.task import TokenDistillationTask

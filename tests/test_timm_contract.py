@@ -118,7 +118,6 @@ def test_model_default_cfgs(model_name):
     heads = model.get_classifier()  # a tuple with a distillation head (DeiT, GroupMamba), as timm's test allows
     params = [p for head in (heads if isinstance(heads, tuple) else (heads,)) for p in head.parameters()]
     assert params and all(p.dtype == torch.float64 and p.device.type == 'meta' for p in params)
-    assert all(m.training == model.training for m in model.modules())
     # factory device placement; frozen params stay frozen through reset
     placed = timm.create_model(model_name, device='meta', dtype=torch.float32)
     assert all(t.device.type == 'meta' for t in [*placed.parameters(), *placed.buffers()])

@@ -384,13 +384,15 @@ class GroupMamba(HierarchicalModelMixin, nn.Module):
 
 # --------------------------------------------------------------------------------------- checkpoints
 
-# per-group SS2D tensors: those whose official shape already has a group axis (or is flat over channels)
-# concatenate along dim 0; the others stack into a new group axis
-_GROUP_CONCAT = {'x_proj_weight': 'x_proj_weight', 'dt_projs_weight': 'dt_projs_weight',
-                 'dt_projs_bias': 'dt_projs_bias', 'A_logs': 'A_logs', 'Ds': 'Ds',
-                 'conv2d.weight': 'conv2d.weight', 'conv2d.bias': 'conv2d.bias'}
-_GROUP_STACK = {'in_proj.weight': 'in_proj_weight', 'out_proj.weight': 'out_proj_weight',
-                'out_norm.weight': 'out_norm.weight', 'out_norm.bias': 'out_norm.bias'}
+# per-group SS2D tensors: official name -> (ours, how the four groups combine): 'cat' along dim 0 where the
+# official tensor already has a (size 1) group axis or runs over channels, 'stack' into a new group axis
+_GROUP_TENSORS = {
+    'x_proj_weight': ('x_proj_weight', 'cat'), 'dt_projs_weight': ('dt_projs_weight', 'cat'),
+    'dt_projs_bias': ('dt_projs_bias', 'cat'), 'A_logs': ('A_logs', 'cat'), 'Ds': ('Ds', 'cat'),
+    'conv2d.weight': ('conv2d.weight', 'cat'), 'conv2d.bias': ('conv2d.bias', 'cat'),
+    'in_proj.weight': ('in_proj_weight', 'stack'), 'out_proj.weight': ('out_proj_weight', 'stack'),
+    'out_norm.weight': ('out_norm.weight', 'stack'), 'out_norm.bias': ('out_norm.bias', 'stack'),
+}
 _LAYER_KEYS = {'fc1.': 'affinity.global_reduce.', 'fc2.': 'affinity.channel_select.'}
 _BLOCK_KEYS = {'attn.': 'mixer.', 'norm2.': 'mlp_norm.', 'mlp.dwconv.dwconv.': 'mlp.dwconv.'}
 _CLS_BLOCK_KEYS = {'attn.': 'mixer.', 'norm1.': 'post_norm.', 'norm2.': 'mlp_norm.'}
@@ -434,11 +436,9 @@ def _merge_groups(groups: Dict[Tuple[str, str], Dict[int, torch.Tensor]]) -> Dic
     """{(layer prefix, official name): {group: tensor}} -> our stacked tensors (groups 1..4 in order)."""
     out = {}
     for (prefix, name), parts in groups.items():
+        ours, how = _GROUP_TENSORS[name]
         tensors = [parts[g] for g in sorted(parts)]
-        if name in _GROUP_STACK:
-            out[f'{prefix}ssm.{_GROUP_STACK[name]}'] = torch.stack(tensors)
-        else:
-            out[f'{prefix}ssm.{_GROUP_CONCAT[name]}'] = torch.cat(tensors)
+        out[f'{prefix}ssm.{ours}'] = torch.stack(tensors) if how == 'stack' else torch.cat(tensors)
     return out
 
 
@@ -461,7 +461,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GroupMamba)
                 continue
             k = _remap_official_key(k, num_stages)
             m = re.match(r'^(.*\.mixer\.)mamba_g(\d)\.(.*)$', k)
-            if m and (m.group(3) in _GROUP_STACK or m.group(3) in _GROUP_CONCAT):
+            if m and m.group(3) in _GROUP_TENSORS:
                 groups.setdefault((m.group(1), m.group(3)), {})[int(m.group(2))] = v
             else:
                 out[k] = v
@@ -478,7 +478,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GroupMamba)
 def checkpoint_to_official(state_dict: Dict[str, torch.Tensor], model: GroupMamba) -> Dict[str, torch.Tensor]:
     """vssm GroupMamba keys -> the official layout (the inverse of checkpoint_filter_fn)."""
     num_stages = len(model.stages)
-    official_name = {ours: name for name, ours in {**_GROUP_CONCAT, **_GROUP_STACK}.items()}
+    official_name = {ours: (name, how) for name, (ours, how) in _GROUP_TENSORS.items()}
     out = {}
     for k, v in state_dict.items():
         m = re.match(r'^(.*\.mixer\.)ssm\.(.*)$', k)
@@ -486,9 +486,9 @@ def checkpoint_to_official(state_dict: Dict[str, torch.Tensor], model: GroupMamb
             out[_to_official_name(k, num_stages)] = v
             continue
         prefix = _to_official_name(m.group(1) + '_', num_stages)[:-1]  # '...attn.'
-        name = official_name[m.group(2)]
+        name, how = official_name[m.group(2)]
         for g, part in enumerate(v.chunk(GROUPED_PLAN.num_directions, dim=0), start=1):
-            out[f'{prefix}mamba_g{g}.{name}'] = part.squeeze(0) if name in _GROUP_STACK else part
+            out[f'{prefix}mamba_g{g}.{name}'] = part.squeeze(0) if how == 'stack' else part
     return out
 
 
