@@ -33,7 +33,11 @@ __all__ = ['GroupMamba', 'GroupMambaLayer', 'GroupMambaBlock', 'ClassBlock', 'Cl
 
 
 class GroupMambaLayer(nn.Module):
-    """The modulated group Mamba layer (channel-last): four single-direction SS2D groups + channel affinity."""
+    """The modulated group Mamba layer (channel-last): four single-direction SS2D groups + channel affinity.
+
+    The official layer casts float16 input to float32 first; this one runs in its input's dtype (under
+    autocast the LayerNorms and the scan accumulate in float32 anyway).
+    """
 
     def __init__(
             self,
@@ -290,7 +294,8 @@ class GroupMamba(HierarchicalModelMixin, nn.Module):
             distilled: add the distillation classifier (`fc_dist`, the official `dist_head`).
             norm_eps: epsilon of the block, stage and head LayerNorms (the layer's own norm, the SS2D out_norm,
                 the stem and downsample norms keep 1e-5, as the official code).
-            drop_rate: dropout before the classifiers.
+            drop_rate: dropout before the classifiers (the official train.py passes drop_rate=0.1, which its
+                model swallows unused: 0 reproduces it).
             drop_path_rate: stochastic depth, linear over all blocks.
         """
         super().__init__()
