@@ -421,16 +421,20 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
                       f'{str(e).splitlines()[0] if str(e) else ""}', flush=True)
                 continue
             rows.append(row)
+            if args.csv:  # rewritten after every row: a run stopped by a time limit keeps what it measured
+                write_csv(args.csv, rows, name, bw)
             print(f'{row.model:<18}{row.stage:<7}{row.impl:<15}{row.fwd_ms:>9.3f}{row.fwd_bytes_per_s / 1e9:>8.1f}'
                   f'{100 * row.fwd_frac_copy_bw:>6.1f}%{row.fwd_bwd_ms:>10.3f}{row.fwd_bwd_bytes_per_s / 1e9:>8.1f}'
                   f'{100 * row.fwd_bwd_frac_copy_bw:>6.1f}%', flush=True)
-    if args.csv and rows:
-        with open(args.csv, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) + ['device', 'copy_bytes_per_s'])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({**asdict(row), 'device': name, 'copy_bytes_per_s': bw})
     return rows
+
+
+def write_csv(path: str, rows: List[Row], device_name: str, copy_bw: float) -> None:
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) + ['device', 'copy_bytes_per_s'])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**asdict(row), 'device': device_name, 'copy_bytes_per_s': copy_bw})
 
 
 if __name__ == '__main__':
