@@ -97,14 +97,14 @@ if [ -e "${WHEELS[0]}" ]; then
   part wheels 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$WORK/site" "${WHEELS[@]}"
 else
-  skip wheels 'no carry/wheels/*.whl: the machine packages are used as they are'
+  skip wheels 'no carry/wheels/*.whl; the machine packages are used as they are'
 fi
 
 # ------------------------------------------------------------------------------- build kernels/ (background)
 # the CUDA C++ extension builds while the tests that do not need it run (nvcc uses a few cores; pytest waits
 # on Triton's compiler): the build is off the critical path
 if [ "$DRY" = 1 ] && [ "${VSSM_GPU_CHECK_BUILD:-0}" != 1 ]; then
-  skip build 'dry run (CI compiles kernels/ in tests/test_cuda_ext.py::test_extension_builds)'
+  skip build 'dry run; CI compiles kernels/ in tests/test_cuda_ext.py::test_extension_builds'
   BUILD_PID=''
 else
   ARCHS=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' \

@@ -370,6 +370,8 @@ def build_section(parts: List[Part], work: Path) -> str:
     build = next((p for p in parts if p.name == 'build'), None)
     if build is None:
         return 'The build part did not run.'
+    if build.rc is None:
+        return f'Not built: {build.note}.'
     cmd = (work / 'build_cmd.txt').read_text().strip() if (work / 'build_cmd.txt').exists() else '?'
     text = f'`{cmd}`: **{build.status}** in {build.seconds:.0f} s.'
     log = work / 'logs' / 'build.log'
@@ -397,8 +399,7 @@ def report_markdown(env: Dict[str, str], parts: List[Part], tests: List[TestResu
             md_table(('', ''), sorted(env.items())), '', '## Parts', '',
             md_table(('part', 'status', 'seconds', 'time limit (s)'),
                      ((p.name, p.status, f'{p.seconds:.0f}', p.limit) for p in parts)), '',
-            f'Wall time {env.get("wall_seconds", "?")} s; the parts add up to {sum(p.seconds for p in parts):.0f} s '
-            'because the build runs beside the first tests.', '',
+            f'Wall time {env.get("wall_seconds", "?")} s (the build, where it runs, overlaps the first tests).', '',
             '## Build of kernels/ (CUDA C++ backend)', '', build_section(parts, work), '',
             '## GPU tests (`pytest -m gpu`)', '', tests_section(tests), '',
             '## Scan benchmark: 224² classification layers (batch 128)', '', scan_section(scan, 'cls224'), '',
@@ -459,7 +460,7 @@ def plot(scan: List[Dict[str, str]], models: List[Dict[str, str]], path: Path) -
     ax.set_xticks(list(xs))
     ax.set_xticklabels([label for label, _, _ in ratios], rotation=30, ha='right', fontsize=7)
     ax.set_ylabel('img/s ratio (dashed: goal)')
-    ax.set_title('whole models (AMP bf16, channels_last)')
+    ax.set_title('whole models: img/s ratios')
     ax.grid(alpha=0.3, axis='y')
     fig.tight_layout()
     fig.savefig(path)
