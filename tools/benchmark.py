@@ -335,9 +335,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
                 if device.type == 'cuda':
                     torch.cuda.empty_cache()
             rows.append(row)
+            if args.results_file:  # after every model: a run stopped by a time limit keeps what it measured
+                write_results(rows, args.results_file, args.results_format)
     print(format_table(rows))
-    if args.results_file:
-        write_results(rows, args.results_file, args.results_format)
     if args.plot:
         plot_results(rows, args.plot, args.plot_x)
     return rows

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Time the plan scan per layer shape: fused Triton kernel vs unfused paths, against the memory roofline.
 
-For each layer shape of VMamba-T (s1l8), Vim-S, LocalVMamba-T and EfficientVMamba-T at 224x224
-(batch 128 by default) it times forward and forward+backward of
+For each layer shape of VMamba-T (s1l8), Vim-S, LocalVMamba-T and EfficientVMamba-T, at 224x224 with batch
+128 (`--shape-set cls224`, the default) or at the stage maps of an 800x1333 detection input with batch 2
+(`--shape-set det800`), it times forward and forward+backward of
 
   fused          vssm's Triton backend: reads the map through the plan's index, scans, merges (one op)
+  cuda           vssm's native CUDA C++ backend (kernels/), the same fused op, when the extension is built
   unfused        cross-scan copy + scan + merge in PyTorch (vssm's 'fast' backend)
   unfused-triton cross-scan copy (torch) + the same Triton scan on the copies + torch merge: isolates fusion
   mamba_ssm      torch cross-scan + mamba_ssm's selective_scan_fn (CUDA) + torch merge, when importable
@@ -16,10 +18,13 @@ device's copy bandwidth measured here (a large tensor copy: read + write).
 
     python tools/benchmark_scan.py                      # CUDA, float16, batch 128
     python tools/benchmark_scan.py --csv scan.csv --dtype bfloat16 --models vmamba_t vim_s
+    python tools/benchmark_scan.py --shape-set det800 --impls fused cuda unfused --skip-missing
     TRITON_INTERPRET=1 python tools/benchmark_scan.py --device cpu --smoke   # tiny shapes, seconds
 """
 import argparse
 import csv
+import dataclasses
+import math
 import statistics
 import sys
 import time
@@ -84,11 +89,34 @@ DEPTHS = {'vmamba_t': {'s1': 2, 's2': 2, 's3': 8, 's4': 2}, 'vim_s': {'all': 24}
           'localvmamba_t': {'s1': 2, 's2': 2, 's3': 9, 's4': 2}, 'efficientvmamba_t': {'s1': 2, 's2': 2}}
 
 
-def smoke_layers() -> List[LayerShape]:
+# Detection: mmdet resizes to 800x1333 and pads to a multiple of 32 (DetDataPreprocessor pad_size_divisor=32), so
+# the backbone sees 800x1344: stage maps 200x336 / 100x168 / 50x84 / 25x42, Vim 50x84 patches + class token.
+DETECTION_INPUT = (800, 1344)
+VIM_PATCH = 16
+
+
+def at_input(shape: LayerShape, height: int, width: int) -> LayerShape:
+    """The same layer for another input size: a hierarchical stage keeps its stride (224 / its 224 map side;
+    stride-2 convs round up), a Vim layer keeps patch 16 and its class token."""
+    if shape.seq_u:
+        tokens = math.ceil(height / VIM_PATCH) * math.ceil(width / VIM_PATCH) + 1
+        return dataclasses.replace(shape, H=1, W=tokens)
+    stride = 224 // shape.W
+    return dataclasses.replace(shape, H=math.ceil(height / stride), W=math.ceil(width / stride))
+
+
+# shape set -> (layers, default batch)
+SHAPE_SETS = {
+    'cls224': (LAYERS, 128),
+    'det800': ([at_input(s, *DETECTION_INPUT) for s in LAYERS], 2),
+}
+
+
+def smoke_layers(layers: Sequence[LayerShape] = LAYERS) -> List[LayerShape]:
     """Tiny versions of every model's shapes (same plans and merges) for a quick CPU run."""
     tiny = []
     seen = set()
-    for s in LAYERS:
+    for s in layers:
         if s.model in seen:
             continue
         seen.add(s.model)
@@ -136,6 +164,10 @@ def fused_min_bytes(shape: LayerShape, batch: int, dtype, backward: bool) -> int
 
 def _fused(t, idx, L, shape):
     return plan_selective_scan(*[t[n] for n in NAMES], index=idx, length=L, merge=shape.merge, backend='triton')
+
+
+def _cuda(t, idx, L, shape):
+    return plan_selective_scan(*[t[n] for n in NAMES], index=idx, length=L, merge=shape.merge, backend='cuda')
 
 
 def _unfused(t, idx, L, shape):
@@ -186,9 +218,19 @@ def _triton_runs_on(device: torch.device) -> bool:
     return triton_scan.supports_device(device)  # CUDA, or CPU under TRITON_INTERPRET=1
 
 
+def _cuda_extension_loads() -> bool:
+    import warnings
+    with warnings.catch_warnings():  # the loader warns once, with the build command, when it is missing
+        warnings.simplefilter('ignore')
+        from vssm.ops import cuda_ext
+    return cuda_ext.extension() is not None
+
+
 def available_impls(device: torch.device) -> List[str]:
     triton_ok = _triton_runs_on(device)
     impls = ['fused'] if triton_ok else []
+    if device.type == 'cuda' and _cuda_extension_loads():
+        impls += ['cuda']
     impls += ['unfused']
     if triton_ok:
         impls += ['unfused-triton']
@@ -201,7 +243,7 @@ def available_impls(device: torch.device) -> List[str]:
     return impls
 
 
-IMPLS = {'fused': _fused, 'unfused': _unfused, 'unfused-triton': _unfused_triton, 'mamba_ssm': _mamba_ssm}
+IMPLS = {'fused': _fused, 'cuda': _cuda, 'unfused': _unfused, 'unfused-triton': _unfused_triton, 'mamba_ssm': _mamba_ssm}
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -295,9 +337,9 @@ def bench_layer(shape: LayerShape, impl: str, batch: int, dtype, device, warmup:
     )
 
 
-def per_image_mb(model: str, dtype) -> float:
+def per_image_mb(model: str, dtype, layers: Sequence[LayerShape] = LAYERS) -> float:
     """Fused-minimum forward bytes of all of a model's scan layers for one image, in MB (1e6)."""
-    shapes = {s.stage: s for s in LAYERS if s.model == model}
+    shapes = {s.stage: s for s in layers if s.model == model}
     return sum(n * fused_min_bytes(shapes[stage], 1, dtype, False) for stage, n in DEPTHS[model].items()) / 1e6
 
 
@@ -308,9 +350,16 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--dtype', default=None, choices=['float16', 'bfloat16', 'float32'],
                    help='input dtype (default float16 on CUDA, float32 on CPU)')
-    p.add_argument('--batch', type=int, default=None, help='default 128 (2 with --smoke)')
+    p.add_argument('--shape-set', default='cls224', choices=sorted(SHAPE_SETS),
+                   help='cls224: 224x224 layer shapes, batch 128; det800: stage maps of an 800x1333 detection input '
+                        '(padded to 800x1344), batch 2')
+    p.add_argument('--batch', type=int, default=None, help="default: the shape set's (2 with --smoke)")
     p.add_argument('--models', nargs='*', default=None, help=f'subset of {sorted(DEPTHS)}')
     p.add_argument('--impls', nargs='*', default=None, help=f'subset of {list(IMPLS)} (default: all available)')
+    p.add_argument('--skip-missing', action='store_true',
+                   help='drop --impls that are not available here (with a note) instead of stopping')
+    p.add_argument('--keep-going', action='store_true',
+                   help='print a failing implementation/shape and go on with the others (scripts/gpu_check.sh)')
     p.add_argument('--smoke', action='store_true', help='tiny shapes, one iteration: checks the script runs')
     p.add_argument('--warmup', type=int, default=None)
     p.add_argument('--iters', type=int, default=None)
@@ -325,10 +374,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
         torch.set_num_threads(1)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ('float16' if device.type == 'cuda' else 'float32'))
-    batch = args.batch or (2 if args.smoke else 128)
+    set_layers, set_batch = SHAPE_SETS[args.shape_set]
+    batch = args.batch or (2 if args.smoke else set_batch)
     warmup = args.warmup if args.warmup is not None else (0 if args.smoke else 5)
     iters = args.iters if args.iters is not None else (1 if args.smoke else 20)
-    layers = smoke_layers() if args.smoke else LAYERS
+    layers = smoke_layers(set_layers) if args.smoke else set_layers
     if args.models:
         unknown = set(args.models) - set(DEPTHS)
         if unknown:
@@ -337,18 +387,21 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     impls = available_impls(device)
     if args.impls:
         missing = [i for i in args.impls if i not in impls]
-        if missing:
+        if missing and args.skip_missing:
+            print(f'# not available on {device.type} here, skipped: {missing}')
+        elif missing:
             raise SystemExit(f'implementations {missing} are not available on {device.type} here; available: {impls}')
-        impls = list(args.impls)
+        impls = [i for i in args.impls if i in impls]
 
     copy_mib = args.copy_mib or (16 if args.smoke else 1024)
     bw = copy_bandwidth(device, copy_mib << 20, warmup=max(warmup, 1), iters=max(iters, 3))
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     print(f'# device {name}; copy bandwidth {bw / 1e9:.1f} GB/s (read + write of {copy_mib} MiB); '
-          f'dtype {dtype}; batch {batch}; implementations {impls}')
+          f'dtype {dtype}; shape set {args.shape_set}; batch {batch}; implementations {impls}')
     if not args.smoke:
         for model in sorted({s.model for s in layers}):
-            print(f'# {model}: fused-minimum forward bytes of all scan layers = {per_image_mb(model, dtype):.1f} MB/image')
+            print(f'# {model}: fused-minimum forward bytes of all scan layers = '
+                  f'{per_image_mb(model, dtype, layers):.1f} MB/image')
     rows = []
     header = (f'{"model":<18}{"stage":<7}{"impl":<15}{"fwd ms":>9}{"GB/s":>8}{"%copy":>7}'
               f'{"f+b ms":>10}{"GB/s":>8}{"%copy":>7}')
@@ -361,17 +414,27 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
                 torch.cuda.empty_cache()
                 print(f'{shape.model:<18}{shape.stage:<7}{impl:<15} out of memory', flush=True)
                 continue
+            except Exception as e:  # noqa: BLE001  (--keep-going: one failing kernel must not lose the other rows)
+                if not args.keep_going:
+                    raise
+                print(f'{shape.model:<18}{shape.stage:<7}{impl:<15} failed: {type(e).__name__}: '
+                      f'{str(e).splitlines()[0] if str(e) else ""}', flush=True)
+                continue
             rows.append(row)
+            if args.csv:  # rewritten after every row: a run stopped by a time limit keeps what it measured
+                write_csv(args.csv, rows, name, bw)
             print(f'{row.model:<18}{row.stage:<7}{row.impl:<15}{row.fwd_ms:>9.3f}{row.fwd_bytes_per_s / 1e9:>8.1f}'
                   f'{100 * row.fwd_frac_copy_bw:>6.1f}%{row.fwd_bwd_ms:>10.3f}{row.fwd_bwd_bytes_per_s / 1e9:>8.1f}'
                   f'{100 * row.fwd_bwd_frac_copy_bw:>6.1f}%', flush=True)
-    if args.csv and rows:
-        with open(args.csv, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) + ['device', 'copy_bytes_per_s'])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({**asdict(row), 'device': name, 'copy_bytes_per_s': bw})
     return rows
+
+
+def write_csv(path: str, rows: List[Row], device_name: str, copy_bw: float) -> None:
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) + ['device', 'copy_bytes_per_s'])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**asdict(row), 'device': device_name, 'copy_bytes_per_s': copy_bw})
 
 
 if __name__ == '__main__':

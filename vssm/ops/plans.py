@@ -64,7 +64,10 @@ def _direction_order(name: str, H: int, W: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def _index_cpu(directions: Tuple[str, ...], H: int, W: int) -> torch.Tensor:
+    # cached tensors are made as normal tensors even when first asked for under torch.inference_mode: an
+    # inference tensor has no version counter (validate_index reads it) and cannot be saved for a later backward
     orders = [_direction_order(d, H, W) for d in directions]
     length = max(o.numel() for o in orders)
     # directions of unequal length (atrous phases on odd maps) are padded at the end: a causal scan's
@@ -93,7 +96,8 @@ def build_index(directions: Sequence[str], H: int, W: int, device=None) -> torch
     key = (tuple(directions), int(H), int(W), str(device))
     index = _DEVICE_CACHE.get(key)
     if index is None:
-        index = _DEVICE_CACHE[key] = cpu.to(device)
+        with torch.inference_mode(False):  # a normal tensor, as in _index_cpu
+            index = _DEVICE_CACHE[key] = cpu.to(device)
         while len(_DEVICE_CACHE) > _DEVICE_CACHE_SIZE:
             _DEVICE_CACHE.popitem(last=False)
     else:
