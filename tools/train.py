@@ -35,6 +35,7 @@ if _ROOT not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, _ROOT)
 
 import vssm  # noqa: F401,E402  (registers the models)
+from vssm.serialization import is_safetensors, release_file_globals  # noqa: E402
 from timm.data import Mixup, create_dataset, create_loader, resolve_data_config  # noqa: E402
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
 from timm.models import create_model, load_checkpoint, model_parameters, resume_checkpoint, safe_model_name  # noqa: E402
@@ -588,15 +589,20 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
 
     start_epoch = 0
+    if args.resume and is_safetensors(args.resume):
+        raise ValueError(f'--resume {args.resume}: a .safetensors file holds weights only, while resuming needs the '
+                         f'optimizer, scheduler and epoch of a training checkpoint; start from these weights with '
+                         f'--initial-checkpoint instead')
     if args.resume and fsdp:
         start_epoch = _fsdp_resume(model, optimizer, args.resume, load_optimizer=not args.no_resume_opt)
     elif args.resume:
-        resumed = resume_checkpoint(model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-                                    loss_scaler=None if args.no_resume_opt else loss_scaler,
-                                    log_info=ctx['primary'])
+        with release_file_globals():  # weights_only=True, the pickled objects of release files mapped
+            resumed = resume_checkpoint(model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+                                        loss_scaler=None if args.no_resume_opt else loss_scaler,
+                                        log_info=ctx['primary'])
+            if model_ema is not None:
+                load_checkpoint(model_ema.module, args.resume, use_ema=True)
         start_epoch = resumed or 0
-        if model_ema is not None:
-            load_checkpoint(model_ema.module, args.resume, use_ema=True)
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
 
@@ -723,9 +729,9 @@ class _FsdpSaver:
 
 def _fsdp_resume(model, optimizer, path: str, load_optimizer: bool = True) -> int:
     """Full (unsharded) checkpoint -> the sharded model and optimizer on every rank; returns the next epoch."""
-    from timm.models._helpers import _torch_load
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-    ckpt = _torch_load(path, map_location='cpu', weights_only=True)
+    from vssm.serialization import load_checkpoint_file
+    ckpt = load_checkpoint_file(path, map_location='cpu')
     if load_optimizer:
         # entries the LR scheduler added to the saved param groups (initial_lr): the flattened load needs them
         for group, saved in zip(optimizer.param_groups, ckpt['optimizer']['param_groups']):

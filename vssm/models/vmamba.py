@@ -17,6 +17,7 @@ from timm.layers import ClassifierHead, calculate_drop_path_rates, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..layers import Permute, SS2D, VSSBlock
+from ..serialization import release_file_globals
 from ._checks import check_state_dict_matches, unwrap_state_dict
 from ._hierarchical import HierarchicalModelMixin
 
@@ -294,12 +295,13 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
-    return build_model_with_cfg(
-        VMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
-        **kwargs,
-    )
+    with release_file_globals():  # official files pickle configs / args (vssm.serialization)
+        return build_model_with_cfg(
+            VMamba, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+            **kwargs,
+        )
 
 
 _V2 = dict(d_state=1, dt_rank='auto', d_conv=3, conv_bias=False, gate=False, mlp_ratio=4.0, stem='v2',

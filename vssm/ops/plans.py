@@ -22,6 +22,7 @@ import torch
 __all__ = [
     'DirectionPlan', 'build_index', 'cross_scan', 'cross_scan_rows', 'cross_merge',
     'VMAMBA_PLAN', 'VIM_PLAN', 'EFFICIENT_VMAMBA_PLAN', 'GROUPED_PLAN', 'MERGE_MODES', 'validate_index',
+    'with_middle_token',
 ]
 
 # sum / mean: directions summed (averaged) back into one map; none: one map per direction;
@@ -63,8 +64,21 @@ def _direction_order(name: str, H: int, W: int) -> torch.Tensor:
     return _base_order(name, H, W)
 
 
+def with_middle_token(index: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """An index over a map of n positions -> the same plan over n + 1 tokens whose token n // 2 is a class token.
+
+    Map positions from n // 2 on move up by one token, and every direction reads the class token at its own
+    step n // 2, however the direction orders (or pads) the map: LocalMamba's middle class token
+    (``local_vim_tiny_middle_cls_token``) is inserted into each scanned sequence at that step.
+    """
+    mid = num_positions // 2
+    shifted = torch.where(index >= mid, index + 1, index)
+    token = torch.full((index.shape[0], 1), mid, dtype=index.dtype, device=index.device)
+    return torch.cat([shifted[:, :mid], token, shifted[:, mid:]], dim=1)
+
+
 @lru_cache(maxsize=256)
-def _index_cpu(directions: Tuple[str, ...], H: int, W: int) -> torch.Tensor:
+def _index_cpu(directions: Tuple[str, ...], H: int, W: int, middle_token: bool = False) -> torch.Tensor:
     orders = [_direction_order(d, H, W) for d in directions]
     length = max(o.numel() for o in orders)
     # directions of unequal length (atrous phases on odd maps) are padded at the end: a causal scan's
@@ -72,7 +86,7 @@ def _index_cpu(directions: Tuple[str, ...], H: int, W: int) -> torch.Tensor:
     index = torch.full((len(orders), length), -1, dtype=torch.long)
     for k, o in enumerate(orders):
         index[k, :o.numel()] = o
-    return index
+    return with_middle_token(index, H * W) if middle_token else index
 
 
 # device copies of index maps, least recently used dropped first: multi-scale training meets many map sizes
@@ -80,17 +94,20 @@ _DEVICE_CACHE: 'OrderedDict[tuple, torch.Tensor]' = OrderedDict()
 _DEVICE_CACHE_SIZE = 256
 
 
-def build_index(directions: Sequence[str], H: int, W: int, device=None) -> torch.Tensor:
-    """(K, Lk) long index map of a plan on an (H, W) map, cached per device (LRU, 256 entries)."""
+def build_index(directions: Sequence[str], H: int, W: int, device=None, middle_token: bool = False) -> torch.Tensor:
+    """(K, Lk) long index map of a plan on an (H, W) map, cached per device (LRU, 256 entries).
+
+    ``middle_token``: the sequence holds H*W + 1 tokens, a class token at H*W // 2 (see with_middle_token).
+    """
     if H < 1 or W < 1:
         raise ValueError(f'a scan needs a map of at least 1x1, got {H}x{W}')
-    cpu = _index_cpu(tuple(directions), int(H), int(W))
+    cpu = _index_cpu(tuple(directions), int(H), int(W), bool(middle_token))
     device = torch.device('cpu') if device is None else torch.device(device)
     if device.type == 'cpu':
         return cpu
     if device.type == 'meta':
         return cpu.to(device)
-    key = (tuple(directions), int(H), int(W), str(device))
+    key = (tuple(directions), int(H), int(W), bool(middle_token), str(device))
     index = _DEVICE_CACHE.get(key)
     if index is None:
         index = _DEVICE_CACHE[key] = cpu.to(device)
@@ -158,8 +175,8 @@ class DirectionPlan:
     def num_directions(self) -> int:
         return len(self.directions)
 
-    def index(self, H: int, W: int, device=None) -> torch.Tensor:
-        return build_index(self.directions, H, W, device)
+    def index(self, H: int, W: int, device=None, middle_token: bool = False) -> torch.Tensor:
+        return build_index(self.directions, H, W, device, middle_token)
 
     def scan(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         if self.merge == 'group':  # direction k reads channel group k
