@@ -307,6 +307,7 @@ class Vim(nn.Module):
             self.global_pool = global_pool
         dd = get_device_dtype(self)
         self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)  # a new module starts in training mode: keep the model's mode
 
     # -------------------------------------------------------------------------------------- forward
 
