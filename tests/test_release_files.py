@@ -234,3 +234,28 @@ def test_safetensors_file_loads_everywhere_a_checkpoint_does(tmp_path):
     for k, v in src.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
     assert math.isclose(float(load_checkpoint_file(path)['norm.weight'].sum()), float(src.norm.weight.sum()))
+
+
+def _readme_weights_column():
+    from pathlib import Path
+    rows = {}
+    for line in (Path(__file__).resolve().parents[1] / 'README.md').read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if len(cells) == 6 and timm.is_model(cells[0].split(' ')[0]):
+            rows[cells[0].split(' ')[0]] = cells[5]
+    return rows
+
+
+def test_readme_weights_column_says_what_pretrained_does():
+    """Every vssm model has a README row; 'release URL' exactly where the cfg has a url, and otherwise
+    pretrained=True raises (no silent random init)."""
+    rows = _readme_weights_column()
+    names = [n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith('vssm.')]
+    assert set(names) <= set(rows), sorted(set(names) - set(rows))
+    for name in names:
+        url = timm.models.get_pretrained_cfg(name).url
+        assert rows[name].startswith('release URL') == bool(url), (name, rows[name], url)
+        if not url:
+            assert rows[name] == 'no release: raises'
+            with pytest.raises(RuntimeError, match='No pretrained weights'):
+                timm.create_model(name, pretrained=True, device='meta')

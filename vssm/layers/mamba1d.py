@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from ..ops import DirectionPlan, cross_scan_rows, plan_selective_scan
 from .gates import ChannelGate
@@ -69,6 +70,7 @@ def _causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     return out
 
 
+@register_notrace_module  # shape-dependent plans: one leaf for timm's FX feature extraction
 class MultiMamba(nn.Module):
     def __init__(
             self,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, RmsNormFp32, apply_rot_embed, calculate_drop_path_rates, get_device_dtype, lecun_normal_,
-    resample_abs_pos_embed, trunc_normal_,
+    register_notrace_function, resample_abs_pos_embed, trunc_normal_,
 )
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -91,6 +91,31 @@ def _resize_grid_table(table: torch.Tensor, old: Tuple[int, int], new: Tuple[int
     """(old_H*old_W, C) table -> (new_H*new_W, C): bicubic without antialias, as the official code resamples
     position embeddings (Vim / DeiT fine-tuning) and LocalVim's position and rotary tables."""
     return resample_abs_pos_embed(table[None], list(new), list(old), num_prefix_tokens=0, antialias=False)[0]
+
+
+@register_notrace_function  # branches on the input's grid: a leaf for FX tracing
+def grid_table(table: torch.Tensor, old: Tuple[int, int], new: Tuple[int, int]) -> torch.Tensor:
+    """A (H*W, C) per-position table for another grid (the table itself when the grid is the same)."""
+    if tuple(new) == tuple(old):
+        return table
+    return _resize_grid_table(table, old, new)
+
+
+@register_notrace_function  # branches on the input's grid: a leaf for FX tracing
+def embed_tokens(x: torch.Tensor, pos_embed: torch.Tensor, cls_token: Optional[torch.Tensor],
+                 base_grid: Tuple[int, int], grid: Tuple[int, int]) -> torch.Tensor:
+    """Patch tokens (B, H*W, E) + position embedding (stored for `base_grid`, resampled to `grid`), with the
+    class token (its own position row, the middle one) inserted at the middle of the sequence."""
+    pos = pos_embed
+    if cls_token is not None:
+        mid0 = (pos.shape[1] - 1) // 2
+        pos_cls, pos = pos[:, mid0:mid0 + 1], torch.cat([pos[:, :mid0], pos[:, mid0 + 1:]], dim=1)
+    x = x + grid_table(pos[0], base_grid, grid)[None]
+    if cls_token is not None:
+        mid = x.shape[1] // 2
+        cls = cls_token.expand(x.shape[0], -1, -1) + pos_cls
+        x = torch.cat([x[:, :mid], cls, x[:, mid:]], dim=1)
+    return x
 
 
 class VimBlock(nn.Module):
@@ -315,26 +340,13 @@ class Vim(nn.Module):
         """Patch tokens (+ middle class token) + position embedding, resampled for another grid."""
         check_input(x, self.in_chans, self.min_input_size, type(self).__name__)
         x, grid = self.patch_embed(x)
-        pos = self.pos_embed
-        if self.cls_token is not None:
-            mid0 = (pos.shape[1] - 1) // 2
-            pos_cls, pos = pos[:, mid0:mid0 + 1], torch.cat([pos[:, :mid0], pos[:, mid0 + 1:]], dim=1)
-        if tuple(grid) != tuple(self.grid):
-            pos = _resize_grid_table(pos[0], self.grid, grid)[None]
-        x = x + pos
-        if self.cls_token is not None:
-            mid = x.shape[1] // 2
-            cls = self.cls_token.expand(x.shape[0], -1, -1) + pos_cls
-            x = torch.cat([x[:, :mid], cls, x[:, mid:]], dim=1)
+        x = embed_tokens(x, self.pos_embed, self.cls_token, self.grid, grid)
         return self.pos_drop(x), grid
 
     def _rope(self, grid: Tuple[int, int]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         if not self.rope:
             return None
-        if tuple(grid) == tuple(self.grid):
-            return self.rope_cos, self.rope_sin
-        return (_resize_grid_table(self.rope_cos, self.grid, grid),
-                _resize_grid_table(self.rope_sin, self.grid, grid))
+        return grid_table(self.rope_cos, self.grid, grid), grid_table(self.rope_sin, self.grid, grid)
 
     def _run_blocks(self, x: torch.Tensor, grid: Tuple[int, int], blocks: Sequence[nn.Module], take=()):
         """Run `blocks` on the residual stream; also returns the stream after each block index in `take`."""

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, calculate_drop_path_rates, trunc_normal_
+from timm.layers import ClassifierHead, calculate_drop_path_rates, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..layers import Permute, SS2D, VSSBlock
@@ -47,6 +47,7 @@ def _stem_v2(in_chans: int, dim: int, norm_eps: float, dd) -> nn.Sequential:
     )
 
 
+@register_notrace_module  # pads odd maps (a branch on the shape): one leaf for timm's FX feature extraction
 class PatchMerging(nn.Module):
     """v1 downsample: 2x2 neighbours concatenated (official order), LayerNorm(4C), Linear 4C -> out."""
 

@@ -101,7 +101,10 @@ def build_index(directions: Sequence[str], H: int, W: int, device=None, middle_t
     """
     if H < 1 or W < 1:
         raise ValueError(f'a scan needs a map of at least 1x1, got {H}x{W}')
-    cpu = _index_cpu(tuple(directions), int(H), int(W), bool(middle_token))
+    # cached maps outlive the call: made outside inference mode, so a first forward under
+    # torch.inference_mode() does not leave inference tensors that training (autograd) later refuses
+    with torch.inference_mode(False):
+        cpu = _index_cpu(tuple(directions), int(H), int(W), bool(middle_token))
     device = torch.device('cpu') if device is None else torch.device(device)
     if device.type == 'cpu':
         return cpu
@@ -110,7 +113,8 @@ def build_index(directions: Sequence[str], H: int, W: int, device=None, middle_t
     key = (tuple(directions), int(H), int(W), bool(middle_token), str(device))
     index = _DEVICE_CACHE.get(key)
     if index is None:
-        index = _DEVICE_CACHE[key] = cpu.to(device)
+        with torch.inference_mode(False):
+            index = _DEVICE_CACHE[key] = cpu.to(device)
         while len(_DEVICE_CACHE) > _DEVICE_CACHE_SIZE:
             _DEVICE_CACHE.popitem(last=False)
     else:
@@ -134,7 +138,9 @@ def validate_index(index: torch.Tensor, length: int) -> None:
     if index.device.type == 'meta' or torch.compiler.is_compiling() or _is_fake(index):
         return
     key = id(index)
-    if _VALIDATED.get(key) is index and _VALIDATED_AT.get(key) == (index._version, length):
+    # an inference tensor has no version counter (an in-place edit cannot be seen): checked on every call
+    cacheable = not index.is_inference()
+    if cacheable and _VALIDATED.get(key) is index and _VALIDATED_AT.get(key) == (index._version, length):
         return
     if index.numel():
         lo, hi = int(index.min()), int(index.max())
@@ -147,6 +153,8 @@ def validate_index(index: torch.Tensor, length: int) -> None:
             k = int(repeated.any(dim=1).nonzero()[0])
             raise ValueError(f'index direction {k} visits a map position more than once; each position may appear '
                              f'at most once per direction')
+    if not cacheable:
+        return
     for dead in [k for k in _VALIDATED_AT if k not in _VALIDATED]:
         del _VALIDATED_AT[dead]
     _VALIDATED[key] = index
