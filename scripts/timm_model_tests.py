@@ -6,7 +6,7 @@
     python scripts/timm_model_tests.py -- -k forward   # extra pytest arguments after --
 
 What it does, without editing timm:
-1. fetches ``timm==<installed>`` as an sdist once (``pip download --no-binary :all: --no-deps``), cached under
+1. fetches ``timm==<installed>`` as an sdist once (``pip download --no-binary timm --no-deps``), cached under
    ``$VSSM_CACHE`` (default ~/.cache/vssm);
 2. writes a copy of its tests/test_models.py with marked insertions: ``import vssm`` (the models are
    registered before the file's ``list_models(...)`` parametrisations run), ``list_models`` / ``list_pretrained``
@@ -138,7 +138,7 @@ def fetch_sdist(version: str) -> Path:
     path = dest / f'timm-{version}.tar.gz'
     if not path.is_file():
         dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, '-m', 'pip', 'download', f'timm=={version}', '--no-binary', ':all:',
+        subprocess.run([sys.executable, '-m', 'pip', 'download', f'timm=={version}', '--no-binary', 'timm',
                         '--no-deps', '-q', '-d', str(dest)], check=True)
     if not path.is_file():
         raise FileNotFoundError(f'pip download did not produce {path}')
