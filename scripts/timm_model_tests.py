@@ -13,7 +13,7 @@ What it does, without editing timm:
    restricted to vssm's models, vssm's token-sequence models (Vim, LocalVim) appended to ``NON_STD_FILTERS``
    as timm lists its ViTs there, vssm's modules to ``FEAT_INTER_FILTERS`` (every model has
    forward_intermediates), and vssm's models to ``EXCLUDE_JIT_FILTERS`` (TorchScript is deprecated in torch 2.x
-   and not supported; vssm's tests/test_compile.py covers torch.compile and torch.export instead);
+   and not supported; vssm targets torch.compile, covered by its tests/test_compile.py, and torch.export);
 3. adds a conftest that deselects the file's tests of named timm models (resnet18, naflexvit, ...), registers
    timm's markers, and runs single-threaded;
 4. runs pytest on the copy and exits with its status.
@@ -56,8 +56,8 @@ FEAT_INTER_FILTERS += _vssm_modules()
 # --- end vssm ---
 '''
 
-_PATCH_JIT = '''# --- vssm: no TorchScript (deprecated in torch 2.x; vssm targets torch.compile / torch.export, tested in
-# vssm's tests/test_compile.py), excluded as timm excludes its own unscriptable models (scripts/timm_model_tests.py) ---
+_PATCH_JIT = '''# --- vssm: no TorchScript (deprecated in torch 2.x; vssm targets torch.compile, see its tests/test_compile.py,
+# and torch.export), excluded as timm excludes its own unscriptable models (timm_model_tests.py) ---
 from vssm_timm_selection import vssm_models as _vssm_models  # noqa: E402
 EXCLUDE_JIT_FILTERS += sorted(_vssm_models())
 # --- end vssm ---
@@ -176,7 +176,8 @@ def main(argv=None) -> int:
     p.add_argument('pytest_args', nargs='*', help='extra pytest arguments (after --)')
     args = p.parse_args(argv)
     work = prepare(None if args.all_models else CI_MODELS)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(work), str(ROOT), os.environ.get('PYTHONPATH')])))
+    path = [str(work), str(ROOT), os.environ.get('PYTHONPATH')]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
     cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '--rootdir', str(work),
            '-c', str(work / 'pytest.ini'), str(work / 'test_models.py')] + args.pytest_args
     print('timm model tests:', ' '.join(cmd), flush=True)

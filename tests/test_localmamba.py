@@ -317,7 +317,8 @@ def test_official_local_vim_midcls_checkpoint_loads_values(tmp_path):
                               pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     ours = model.state_dict()
     assert len(ours) == len(params)
-    for k, ok in {'cls_token': 'cls_token', 'pos_embed': 'pos_embed', 'blocks.1.mixer.dirs.3.A_log': 'layers.1.mixer.A_log_3',
+    for k, ok in {'cls_token': 'cls_token', 'pos_embed': 'pos_embed',
+                  'blocks.1.mixer.dirs.3.A_log': 'layers.1.mixer.A_log_3',
                   'norm.weight': 'norm_f.weight', 'head.weight': 'head.weight'}.items():
         torch.testing.assert_close(ours[k], params[ok])
     # the plain LocalVim release (RoPE, no class token) does not fit: a loud error, not a silent load

@@ -20,8 +20,8 @@ import torch
 
 from vssm.ops import build_index, plan_selective_scan
 
-PLANS = [('h', 'v', 'h_flip', 'v_flip'), ('h', 'h_flip'), ('w2', 'w2_flip', 'v'), ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'),
-         ('h',)]
+PLANS = [('h', 'v', 'h_flip', 'v_flip'), ('h', 'h_flip'), ('w2', 'w2_flip', 'v'),
+         ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'), ('h',)]
 FLOAT_ARGS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias', 'delta_weight')
 CASES_PER_BACKEND = 300
 

@@ -40,7 +40,8 @@ def _numpy_globals() -> List[Tuple[Any, str]]:
     # a dtype is rebuilt by numpy.dtype(...) and then given its state, which needs its concrete class allowlisted
     dtype_classes = {type(np.dtype(c)) for c in np.typecodes['All']}
     return [(np.ndarray, 'numpy.ndarray'), (np.dtype, 'numpy.dtype')] + [
-        (fn, f'{mod}.multiarray.{fn.__name__}') for fn in (_reconstruct, scalar) for mod in ('numpy._core', 'numpy.core')
+        (fn, f'{mod}.multiarray.{fn.__name__}')
+        for fn in (_reconstruct, scalar) for mod in ('numpy._core', 'numpy.core')
     ] + [(c, f'{c.__module__}.{c.__qualname__}') for c in sorted(dtype_classes, key=str)]
 
 

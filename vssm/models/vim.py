@@ -215,8 +215,9 @@ class Vim(nn.Module):
         if not class_token and not grid_scan:
             raise ValueError('without a class token the mixer scans the patch grid: grid_scan must not be False')
         if not grid_scan and any(d not in _SEQUENCE_DIRECTIONS for dirs in per_block for d in dirs):
+            got = sorted({d for b in per_block for d in b})
             raise ValueError(f'with a class token in the sequence the mixer scans it in 1-D (grid_scan=False): '
-                             f'directions must be from {_SEQUENCE_DIRECTIONS}, got {sorted({d for b in per_block for d in b})}')
+                             f'directions must be from {_SEQUENCE_DIRECTIONS}, got {got}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
