@@ -56,8 +56,8 @@ FEAT_INTER_FILTERS += _vssm_modules()
 # --- end vssm ---
 '''
 
-_PATCH_JIT = '''# --- vssm: no TorchScript (deprecated in torch 2.x; vssm targets torch.compile, see its tests/test_compile.py,
-# and torch.export), excluded as timm excludes its own unscriptable models (timm_model_tests.py) ---
+_PATCH_JIT = '''# --- vssm: no TorchScript (deprecated in torch 2.x; vssm targets torch.compile and torch.export),
+# excluded as timm excludes its own unscriptable models (scripts/timm_model_tests.py) ---
 from vssm_timm_selection import vssm_models as _vssm_models  # noqa: E402
 EXCLUDE_JIT_FILTERS += sorted(_vssm_models())
 # --- end vssm ---
