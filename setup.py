@@ -9,18 +9,22 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['vssm', 'vssm.*']),
     python_requires='>=3.11',
+    # ranges, so installing vssm keeps the user's stack: the oldest versions its tests / API checks pass on.
+    # The dev setup pins exact versions in constraints.txt (scripts/setup.sh: pip install -c constraints.txt).
     install_requires=[
-        'torch==2.14.1',
-        'torchvision==0.29.1',
-        'timm==1.0.31',
+        'torch>=2.13',
+        'torchvision',  # whichever matches the torch installed (timm needs it too)
+        'timm>=1.0.29,<2',  # 1.0.29: timm.layers.get_device_dtype, device/dtype-aware layers and heads
         'numpy',
-        'pyyaml',
-        'tqdm',
-        'matplotlib',
-        'scikit-learn',  # ships the handwritten-digits set the embedded training default uses
+        'safetensors',  # .safetensors checkpoints (timm depends on it as well)
     ],
     extras_require={
-        'dev': ['pytest', 'pytest-xdist', 'hypothesis', 'fvcore', 'pandas'],
+        # the library path (import vssm, timm.create_model) needs none of these
+        'plot': ['matplotlib'],  # PNG plots of tools/ (training curves, benchmarks, ERF maps)
+        'data': ['scikit-learn'],  # ships the handwritten-digits set of tools/train.py's embedded default
+        'tools': ['matplotlib', 'scikit-learn', 'pyyaml', 'tqdm', 'fvcore'],  # everything tools/*.py use
+        'dev': ['pytest', 'pytest-xdist', 'hypothesis', 'fvcore', 'pandas', 'matplotlib', 'scikit-learn', 'pyyaml',
+                'tqdm'],
         # mmcv has no PyPI wheels: scripts/install_mm.sh installs this stack (wheel cache or source build);
         # mmengine 0.10.7 needs pkg_resources at run time, hence setuptools<81
         'mm': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0', 'mmsegmentation==1.2.2', 'ftfy', 'regex',

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with the pinned torch / timm stack, vssm (editable) and its dev + OpenMMLab extras.
+# Set up .venv with the pinned torch / timm stack (constraints.txt), vssm (editable) and its dev, tools and
+# OpenMMLab extras.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,12 +10,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-if ! $VPY -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null; then
+# exact versions from constraints.txt (setup.py itself states ranges, for installs into other environments)
+PIN=(-c constraints.txt)
+TORCH=$(sed -n 's/^torch==//p' constraints.txt)
+if ! $VPY -c "import torch, torchvision; assert torch.__version__.split('+')[0] == '$TORCH'" 2>/dev/null; then
   $VPY -m pip install -q --upgrade pip
-  $VPY -m pip install -q torch==2.14.1 torchvision==0.29.1
+  $VPY -m pip install -q "${PIN[@]}" torch torchvision
 fi
-if ! $VPY -c "import vssm, timm, fvcore, pytest, sklearn" 2>/dev/null; then
-  $VPY -m pip install -q -e '.[dev]'
+if ! $VPY -c "import vssm, timm, fvcore, pytest, sklearn, matplotlib, hypothesis" 2>/dev/null; then
+  $VPY -m pip install -q "${PIN[@]}" -e '.[dev,tools]'
 fi
 if [ -f scripts/install_mm.sh ] && [ "${VSSM_SKIP_MM:-0}" != "1" ]; then
   bash scripts/install_mm.sh "$VPY"

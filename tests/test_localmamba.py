@@ -16,7 +16,7 @@ from vssm.models.localmamba import (
 from vssm.ops import DirectionPlan, build_index, cross_merge, cross_scan, selective_scan_ref
 from vssm.ops.flops import count_flops
 
-from test_mixer1d import _bi_attn, _reverse, _scan  # LocalMamba's official scans, written out
+from test_mixer1d import _bi_attn, _official_multi_mamba_middle_cls, _reverse, _scan  # official formulations
 
 SHARED_DIRECTIONS = Path(__file__).resolve().parents[2] / 'shared' / 'localmamba_directions.json'
 
@@ -65,6 +65,8 @@ def test_direction_lists_equal_the_official_ones():
                          ('local_vmamba_tiny', 'local_vssm_tiny'), ('local_vmamba_small', 'local_vssm_small')):
         table = LOCAL_VIM_DIRECTIONS.get(ours) or LOCAL_VMAMBA_DIRECTIONS[ours]
         assert [list(d) for d in table] == official[theirs]
+    # local_vim_tiny_middle_cls_token (official local_vim.py, commit 75e5d1f) writes out the same 20 rows
+    assert LOCAL_VIM_DIRECTIONS['local_vim_tiny_midcls'] == LOCAL_VIM_DIRECTIONS['local_vim_tiny']
 
 
 # ------------------------------------------------------------------------------ official formulations
@@ -148,6 +150,37 @@ def _official_local_vim_forward(model, x):
     return model.head(_rms(residual + hidden, model.norm.weight).mean(1))
 
 
+def _official_local_vim_midcls_forward(model, x):
+    """hunto/LocalMamba VisionMamba.forward with if_cls_token and use_middle_cls_token, no RoPE: the class token
+    inserted at N // 2 before the position embedding, the mixers' middle-token scans, head on that token."""
+    p = model.patch_embed.patch_size
+    x = F.pad(x, (0, (-x.shape[3]) % p, 0, (-x.shape[2]) % p))
+    t = model.patch_embed.proj(x)
+    grid = tuple(t.shape[2:])
+    assert grid == tuple(model.grid)  # the official resize of a class-token table is not compared here
+    t = t.flatten(2).transpose(1, 2)
+    c = t.shape[1] // 2
+    t = torch.cat([t[:, :c], model.cls_token.expand(t.shape[0], -1, -1), t[:, c:]], dim=1)
+    residual, hidden = None, t + model.pos_embed
+    for blk in model.blocks:
+        residual = hidden if residual is None else residual + hidden
+        hidden = _official_multi_mamba_middle_cls(blk.mixer, _rms(residual, blk.norm.weight), *grid)
+    return model.head(_rms(residual + hidden, model.norm.weight)[:, c])
+
+
+@pytest.mark.parametrize('img_size', [80, (48, 64)])  # 5x5 patches (odd count, padded windows), 3x4
+def test_local_vim_midcls_forward_equals_official_formulation(img_size):
+    dirs = (('h', 'v_flip', 'w2', 'w7_flip'), ('h_flip', 'v', 'w7', 'w2_flip'))
+    model = timm.create_model('local_vim_tiny_midcls', embed_dim=16, depth=2, img_size=img_size, directions=dirs,
+                              num_classes=5).double().eval()
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _official_local_vim_midcls_forward(model, x))
+        # another input size runs (position table resampled around the class token)
+        assert model(torch.randn(1, 3, 96, 64, dtype=torch.float64)).shape == (1, 5)
+
+
 @pytest.mark.parametrize('size', [(64, 64), (80, 56)])
 def test_local_vim_forward_equals_official_formulation(size):
     dirs = (('h', 'v_flip', 'w2', 'w7_flip'), ('h_flip', 'v', 'w7', 'w2_flip'))
@@ -161,15 +194,20 @@ def test_local_vim_forward_equals_official_formulation(size):
 # ------------------------------------------------------------------------- official checkpoint layouts
 
 def official_local_vim_state_dict(embed_dim, depth=20, num_dirs=4, img_size=224, num_classes=1000, d_state=16,
-                                  device='meta'):
+                                  device='meta', middle_cls_token=False):
     """Random tensors with the keys and shapes of hunto/LocalMamba's local_vim VisionMamba (MultiMamba mixers).
 
     Returns (parameters, buffers): the rotary tables are persistent buffers of the official model.
+    ``middle_cls_token``: local_vim_tiny_middle_cls_token (if_cls_token, if_rope=False): a cls_token, one more
+    position-embedding row, no rotary tables.
     """
     E, Di, R, N = embed_dim, 2 * embed_dim, math.ceil(embed_dim / 16), d_state
     hidden, L = int(Di * 0.125), (img_size // 16) ** 2
-    shapes = {'patch_embed.proj.weight': (E, 3, 16, 16), 'patch_embed.proj.bias': (E,), 'pos_embed': (1, L, E),
+    shapes = {'patch_embed.proj.weight': (E, 3, 16, 16), 'patch_embed.proj.bias': (E,),
+              'pos_embed': (1, L + int(middle_cls_token), E),
               'norm_f.weight': (E,), 'head.weight': (num_classes, E), 'head.bias': (num_classes,)}
+    if middle_cls_token:
+        shapes['cls_token'] = (1, 1, E)
     for i in range(depth):
         p = f'layers.{i}.'
         shapes.update({
@@ -186,7 +224,8 @@ def official_local_vim_state_dict(embed_dim, depth=20, num_dirs=4, img_size=224,
                 f'{p}mixer.dt_proj_{k}.weight': (Di, R), f'{p}mixer.dt_proj_{k}.bias': (Di,),
             })
     params = {k: torch.randn(s, device=device) for k, s in shapes.items()}
-    buffers = {'rope.freqs_cos': torch.randn(L, E, device=device), 'rope.freqs_sin': torch.randn(L, E, device=device)}
+    buffers = {} if middle_cls_token else {'rope.freqs_cos': torch.randn(L, E, device=device),
+                                           'rope.freqs_sin': torch.randn(L, E, device=device)}
     return params, buffers
 
 
@@ -223,13 +262,14 @@ def official_local_vmamba_state_dict(depths, dim=96, d_state=16, num_dirs=4, num
 
 
 # published params (README, rounded) and FLOPs at 224x224
-PUBLISHED = {'local_vim_tiny': ('8M', 1.5), 'local_vim_small': ('28M', 4.8),
+PUBLISHED = {'local_vim_tiny': ('8M', 1.5), 'local_vim_tiny_midcls': ('8M', 1.5), 'local_vim_small': ('28M', 4.8),
              'local_vmamba_tiny': ('26M', 5.7), 'local_vmamba_small': ('50M', 11.4)}
 
 
 def _official_state_dict(name, device='meta'):
     if name.startswith('local_vim'):
-        params, buffers = official_local_vim_state_dict(192 if 'tiny' in name else 384, device=device)
+        params, buffers = official_local_vim_state_dict(192 if 'tiny' in name else 384, device=device,
+                                                        middle_cls_token=name.endswith('midcls'))
         return params, {**params, **buffers}
     sd = official_local_vmamba_state_dict((2, 2, 9, 2) if 'tiny' in name else (2, 2, 27, 2), device=device)
     return sd, sd
@@ -265,6 +305,29 @@ def test_official_local_vim_checkpoint_loads_values(tmp_path):
                   'blocks.1.mixer.direction_gate.channel_select.weight': 'layers.1.mixer.attn.channel_select.weight',
                   'norm.weight': 'norm_f.weight', 'pos_embed': 'pos_embed'}.items():
         torch.testing.assert_close(ours[k], params[ok])
+
+
+def test_official_local_vim_midcls_checkpoint_loads_values(tmp_path):
+    """The release's layout ({'state_dict': ...} with module. prefixes, as tools/convert_ckpt.py writes it)."""
+    params, _ = official_local_vim_state_dict(32, depth=2, device='cpu', middle_cls_token=True)
+    path = tmp_path / 'local_vim_tiny_middle_cls_token.ckpt'
+    torch.save({'state_dict': {'module.' + k: v for k, v in params.items()}}, path)
+    model = timm.create_model('local_vim_tiny_midcls', embed_dim=32, depth=2,
+                              directions=LOCAL_VIM_DIRECTIONS['local_vim_tiny_midcls'][:2],
+                              pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    ours = model.state_dict()
+    assert len(ours) == len(params)
+    for k, ok in {'cls_token': 'cls_token', 'pos_embed': 'pos_embed',
+                  'blocks.1.mixer.dirs.3.A_log': 'layers.1.mixer.A_log_3',
+                  'norm.weight': 'norm_f.weight', 'head.weight': 'head.weight'}.items():
+        torch.testing.assert_close(ours[k], params[ok])
+    # the plain LocalVim release (RoPE, no class token) does not fit: a loud error, not a silent load
+    plain, buffers = official_local_vim_state_dict(32, depth=2, device='cpu')
+    torch.save({'state_dict': {**plain, **buffers}}, tmp_path / 'plain.ckpt')
+    with pytest.raises(ValueError, match='cls_token'):
+        timm.create_model('local_vim_tiny_midcls', embed_dim=32, depth=2,
+                          directions=LOCAL_VIM_DIRECTIONS['local_vim_tiny_midcls'][:2],
+                          pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'plain.ckpt')))
 
 
 def test_official_local_vmamba_checkpoint_loads_values(tmp_path):
@@ -307,7 +370,8 @@ def localmamba_reported_flops(model) -> int:
     return flops + E * 1000
 
 
-@pytest.mark.parametrize('name,published', [('local_vim_tiny', 1.5), ('local_vim_small', 4.8),
+@pytest.mark.parametrize('name,published', [('local_vim_tiny', 1.5), ('local_vim_tiny_midcls', 1.5),
+                                            ('local_vim_small', 4.8),
                                             ('vim_tiny', 1.5), ('vim_small', 5.1)])
 def test_plain_model_flops_match_published_by_the_official_formula(name, published):
     """The README's plain-model figures follow LocalMamba's own formula (5*L*D*N scans, one direction's

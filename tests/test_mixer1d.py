@@ -83,6 +83,36 @@ def _official_multi_mamba(m: MultiMamba, x, H, W):
     return F.linear(torch.stack(outs).sum(0), m.out_proj.weight)
 
 
+def _official_multi_mamba_middle_cls(m: MultiMamba, x, H, W):
+    """hunto/LocalMamba's MultiMamba.forward with use_middle_cls_token: the class token is split off, each
+    direction scans the patches and gets the class token back at step (L - 1) // 2 of its sequence, and after
+    the scan the token is split off again, the patches reversed, the token put back in the middle."""
+    xz = F.linear(x, m.in_proj.weight)
+    c = (xz.shape[1] - 1) // 2
+    cls, patches = xz[:, c:c + 1], torch.cat([xz[:, :c], xz[:, c + 1:]], dim=1)
+    outs = []
+    for d, direction in zip(m.dirs, m.plan.directions):
+        s = _scan(patches, direction, H, W)
+        out = _mamba_inner(torch.cat([s[..., :c], cls.transpose(1, 2), s[..., c:]], dim=-1), d)
+        cls_out, out = out[..., c:c + 1], torch.cat([out[..., :c], out[..., c + 1:]], dim=-1)
+        out = _reverse(out, direction, H, W)
+        out = torch.cat([out[..., :c], cls_out, out[..., c:]], dim=-1)
+        outs.append(_bi_attn(m.direction_gate, out.transpose(1, 2)))
+    return F.linear(torch.stack(outs).sum(0), m.out_proj.weight)
+
+
+@pytest.mark.parametrize('H,W,directions', [
+    (5, 5, ('h_flip', 'v', 'w2', 'w7_flip')),  # 25 patches: odd, so a flip is not the mirror of the token order
+    (3, 4, ('h', 'v_flip', 'w2_flip', 'w7')),
+])
+def test_local_vim_mixer_with_middle_class_token_equals_official(H, W, directions):
+    m = MultiMamba(8, directions, direction_gate=True, d_state=3).double()
+    x = torch.randn(2, H * W + 1, 8, dtype=torch.float64)
+    torch.testing.assert_close(m(x, (H, W), middle_token=True), _official_multi_mamba_middle_cls(m, x, H, W))
+    with pytest.raises(ValueError, match='plus a class token'):
+        m(x[:, 1:], (H, W), middle_token=True)
+
+
 def test_vim_mixer_equals_official_bimamba_v2():
     m = MultiMamba(12, ('h', 'h_flip'), d_state=4).double()
     x = torch.randn(2, 11, 12, dtype=torch.float64)

@@ -215,3 +215,16 @@ def test_detector_checkpoint_with_other_out_indices_keeps_fresh_out_norms(tmp_pa
     _assert_body_equals(bb, {k[len('backbone.body.model.'):]: v for k, v in det.state_dict().items()
                              if k.startswith('backbone.body.model.')})
     torch.testing.assert_close(bb.outnorm1.weight, fresh)
+
+
+def test_official_release_file_with_yacs_config_initialises_backbone_under_weights_only(tmp_path):
+    """The VMamba release format (yacs config, optimizer, scheduler pickled) loads with weights_only=True;
+    a file that pickles any other class is refused (never unpickled in full)."""
+    from test_release_files import _vmamba_files, _Unknown
+    _, kw, path, expected = _vmamba_files(tmp_path)
+    bb = ROOT_MODELS.build(dict(type='vssm.VMamba', pretrained=str(path), **kw))
+    bb.init_weights()
+    _assert_body_equals(bb, expected)
+    torch.save({'state_dict': expected, 'extra': _Unknown()}, tmp_path / 'other.pth')
+    with pytest.raises(Exception, match='_Unknown'):
+        CheckpointLoader.load_checkpoint(str(tmp_path / 'other.pth'), map_location='cpu')

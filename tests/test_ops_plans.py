@@ -107,3 +107,16 @@ def test_bad_plans_raise():
         DirectionPlan(('h',), merge='max')
     with pytest.raises(ValueError, match='at least 1x1'):
         build_index(('h',), 0, 3)
+
+
+def test_plans_first_used_under_inference_mode_still_train():
+    """A first forward under torch.inference_mode() caches the plan's index map; it must not be an inference
+    tensor (no version counter, refused by autograd) when training then uses the same map size."""
+    from vssm.layers import MultiMamba
+    m = MultiMamba(8, ('h', 'w3_flip', 'v'), direction_gate=True, d_state=2)
+    x = torch.randn(1, 13 * 17, 8)
+    with torch.inference_mode():
+        assert not build_index(('h', 'w3_flip', 'v'), 13, 17).is_inference()
+        m(x, (13, 17))
+    m(x, (13, 17)).sum().backward()
+    assert m.dirs[1].A_log.grad is not None

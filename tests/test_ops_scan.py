@@ -191,16 +191,63 @@ def test_bad_inputs_raise_clear_errors():
         _call(plan_selective_scan, t, idx.int(), L, 'sum')
 
 
-def test_softplus_threshold_matches_mamba():
-    """softplus(x) returns x above 20, as mamba's kernels do."""
-    t, idx, L = make_inputs(('h',), Bt=1, Dm=1, N=1, H=1, W=3, with_z=False)
-    t['delta'] = torch.full_like(t['delta'], 25.0)
-    t['delta_bias'] = torch.zeros_like(t['delta_bias'])
-    t['A'] = torch.full_like(t['A'], -1e-3)
-    out = _call(plan_selective_scan, t, idx, L, 'sum')
-    ref = _call(plan_scan_reference, t, idx, L, 'sum')
-    torch.testing.assert_close(out, ref)
-    assert math.isclose(torch.nn.functional.softplus(torch.tensor(25.0)).item(), 25.0)
+def _softplus_probe(x: torch.Tensor, backend: str):
+    """A scan whose output at step t is Δ_t itself: u = B = C = 1, D = 0 and A = -50, so exp(Δ·A) = 0 wipes the
+    state every step; returns (y, dy/dΔ) for the pre-activation values x = delta + bias (bias 0)."""
+    L = x.numel()
+    idx = build_index(('h',), 1, L)
+    one = torch.ones(1, 1, 1, L, dtype=x.dtype)
+    delta = x.reshape(1, 1, 1, L).clone().requires_grad_(True)
+    y = plan_selective_scan(torch.ones(1, 1, L, dtype=x.dtype), delta, torch.full((1, 1), -50.0, dtype=x.dtype),
+                            one, one, None, None, torch.zeros(1, dtype=x.dtype), index=idx, length=L, merge='sum',
+                            delta_softplus=True, backend=backend)
+    y.sum().backward()
+    return y.detach().reshape(-1), delta.grad.reshape(-1)
+
+
+def _mamba_softplus(values):
+    """mamba_ssm's kernels: log1p(exp(x)) up to 20 inclusive, x above; derivative sigmoid(x) / 1."""
+    y = [math.log1p(math.exp(v)) if v <= 20 else v for v in values]
+    g = [1 / (1 + math.exp(-v)) if v <= 20 else 1.0 for v in values]
+    return y, g
+
+
+SOFTPLUS_BACKENDS = ['reference', 'fast', 'cpu']
+
+
+@pytest.mark.parametrize('backend', SOFTPLUS_BACKENDS)
+def test_softplus_threshold_sits_at_20_in_float64(backend):
+    """Either side of the threshold in float64: softplus(20) - 20 = 2.1e-9 and softplus(19.5) - 19.5 = 3.4e-9
+    are 1e5 times the tolerance, so a threshold at the wrong place (or `<` for `<=`) fails; 800 overflows
+    exp() in float64, so a kernel that skips the threshold returns inf there."""
+    if backend == 'cpu':
+        _cpu_kernel_available()
+    values = [19.0, 19.5, 20.0, 20.25, 22.0, 800.0]
+    y, g = _softplus_probe(torch.tensor(values, dtype=torch.float64), backend)
+    want_y, want_g = _mamba_softplus(values)
+    torch.testing.assert_close(y, torch.tensor(want_y, dtype=torch.float64), rtol=1e-14, atol=0)
+    torch.testing.assert_close(g, torch.tensor(want_g, dtype=torch.float64), rtol=1e-14, atol=0)
+    assert (y[:3] - torch.tensor(values[:3], dtype=torch.float64)).abs().min() > 1e-9  # the probe can tell
+
+
+@pytest.mark.parametrize('backend', SOFTPLUS_BACKENDS)
+def test_softplus_threshold_semantics_in_float32(backend):
+    """float32, where the kernels compute: small x must be softplus'd (softplus(5) - 5 = 6.7e-3, softplus(-3) =
+    0.049), and 100 must pass through: exp(100) overflows float32, so skipping the threshold gives inf."""
+    if backend == 'cpu':
+        _cpu_kernel_available()
+    values = [-3.0, 0.0, 1.0, 5.0, 15.0, 25.0, 100.0]
+    y, g = _softplus_probe(torch.tensor(values, dtype=torch.float32), backend)
+    want_y, want_g = _mamba_softplus(values)
+    assert torch.isfinite(y).all() and torch.isfinite(g).all()
+    torch.testing.assert_close(y, torch.tensor(want_y), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g, torch.tensor(want_g), rtol=1e-6, atol=1e-7)
+
+
+def _cpu_kernel_available():
+    from vssm.ops.cpu_kernel import load_extension
+    if load_extension() is None:
+        pytest.skip('no C++ compiler: the fused CPU scan is not available')
 
 
 # ------------------------------------------------------------------ contract v2: low-rank Δ, grouped plans

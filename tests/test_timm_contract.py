@@ -112,12 +112,17 @@ def test_model_default_cfgs(model_name):
         assert c + '.weight' in state_dict
     for c in (cfg['first_conv'],) if isinstance(cfg['first_conv'], str) else cfg['first_conv']:
         assert c + '.weight' in state_dict
-    # reset_classifier keeps device and dtype of the model
+    # reset_classifier keeps device, dtype and train / eval mode of the model (timm's
+    # _assert_reset_classifier_preserves_parent_device_dtype: a new head must not start in training mode)
     model.to(device='meta', dtype=torch.float64)
-    model.reset_classifier(2)
-    heads = model.get_classifier()  # a tuple with a distillation head (DeiT, GroupMamba), as timm's test allows
-    params = [p for head in (heads if isinstance(heads, tuple) else (heads,)) for p in head.parameters()]
-    assert params and all(p.dtype == torch.float64 and p.device.type == 'meta' for p in params)
+    for mode in (False, True):
+        model.train(mode)
+        model.reset_classifier(0)
+        model.reset_classifier(2)
+        heads = model.get_classifier()  # a tuple with a distillation head (DeiT, GroupMamba), as timm's test allows
+        params = [p for head in (heads if isinstance(heads, tuple) else (heads,)) for p in head.parameters()]
+        assert params and all(p.dtype == torch.float64 and p.device.type == 'meta' for p in params)
+        assert [n for n, m in model.named_modules() if m.training != mode] == [], f'modes after reset ({mode})'
     # factory device placement; frozen params stay frozen through reset
     placed = timm.create_model(model_name, device='meta', dtype=torch.float32)
     assert all(t.device.type == 'meta' for t in [*placed.parameters(), *placed.buffers()])

@@ -148,6 +148,28 @@ def test_convert_official_vmamba_round_trip(tmp_path):
     torch.testing.assert_close(ema['stem.0.weight'], official['patch_embed.0.weight'] + 1)
 
 
+def test_convert_release_file_to_safetensors(tmp_path):
+    """A release in the official training format (yacs config, optimizer, scheduler pickled) -> safetensors,
+    which timm's pretrained path and vssm's readers load; a mismatched name or --reverse is a clear error."""
+    from test_release_files import _vmamba_files
+    conv = _tool('convert_checkpoint')
+    name, kw, path, expected = _vmamba_files(tmp_path)
+    out = tmp_path / 'vmamba_tiny_s1l8.safetensors'
+    kwargs = ['--model-kwargs'] + [f'{k}={v}' for k, v in kw.items()]
+    report = conv.main(['--model', name, str(path), str(out), '--format', 'safetensors', '--quiet'] + kwargs)
+    assert report['format'] == 'safetensors' and not report['missing_in_result']
+    from safetensors import safe_open
+    with safe_open(str(out), 'pt') as f:
+        assert f.metadata()['model'] == name
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out)), **kw)
+    for k, v in expected.items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+    for bad in (['--format', 'safetensors'], ['--reverse', '--format', 'safetensors']):
+        target = tmp_path / ('x.pth' if '--reverse' not in bad else 'x.safetensors')
+        with pytest.raises(ValueError, match='safetensors|torch.load'):
+            conv.main(['--model', name, str(path), str(target), '--quiet'] + bad + kwargs)
+
+
 def test_convert_reads_the_class_count_of_a_finetuned_release(tmp_path):
     conv = _tool('convert_checkpoint')
     official = _official_state_dict()

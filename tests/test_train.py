@@ -227,6 +227,23 @@ def test_embedded_preset_only_without_data(train_tool):
     assert args.model_kwargs == {} and args.epochs == 300 and args.img_size is None
 
 
+def test_recipe_without_data_is_an_error_unless_digits_is_asked_for(train_tool, capsys):
+    """-c configs/imagenet/X.yaml alone must not silently train the ImageNet recipe on the digits set."""
+    cfg = str(ROOT / 'configs' / 'imagenet' / 'vmamba_tiny_s1l8.yaml')
+    with pytest.raises(SystemExit):
+        train_tool.parse_args(['-c', cfg])
+    err = capsys.readouterr().err
+    assert 'no data was given' in err and '--digits' in err
+    args = train_tool.parse_args(['-c', cfg, '--digits'])
+    assert args.data_dir is None and args.model == 'vmamba_tiny_s1l8' and args.epochs == 300  # the recipe wins
+    with pytest.raises(SystemExit):
+        train_tool.parse_args(['--digits', '--data-dir', '/x'])
+    with pytest.raises(SystemExit):
+        train_tool.parse_args(['--resume', 'w.safetensors'])
+    assert 'weights only' in capsys.readouterr().err
+    assert train_tool.parse_args([]).data_dir is None  # the README's main command still trains the default
+
+
 def test_openmmlab_configs_are_routed(train_tool):
     assert train_tool._mm_config_path(['configs/mmdet/x.py', '--work-dir', 'w']) == 'configs/mmdet/x.py'
     assert train_tool._mm_config_path(['--config', 'a/b.py']) == 'a/b.py'

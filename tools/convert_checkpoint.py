@@ -5,8 +5,9 @@ format, and back to the official layout where a family defines the inverse (VMam
     # official release -> vssm (a bare state_dict timm loads with pretrained_cfg_overlay=dict(file=...))
     python tools/convert_checkpoint.py --model vmamba_tiny_s1l8 vssm1_tiny_0230s_ckpt_epoch_264.pth \
         vmamba_tiny_s1l8.pth --report report.json
-    # the EMA weights of the release, saved as safetensors
-    python tools/convert_checkpoint.py --model vim_tiny vim_t_midclstok_76p1acc.pth vim_tiny.safetensors --use-ema
+    # the EMA weights of the release, saved as safetensors (no pickle at all; timm loads it by the suffix)
+    python tools/convert_checkpoint.py --model vim_tiny vim_t_midclstok_76p1acc.pth vim_tiny.safetensors --use-ema \
+        --format safetensors
     # vssm -> official layout (loads in the official code as {'model': state_dict})
     python tools/convert_checkpoint.py --model vmamba_tiny_s1l8 vmamba_tiny_s1l8.pth official.pth --reverse
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='official checkpoints <-> vssm format, with a mapping report')
     p.add_argument('input', help='checkpoint to read (official release, training checkpoint or bare state_dict)')
     p.add_argument('output', help='where to write (.pth / .pt: torch.save; .safetensors: safetensors)')
+    p.add_argument('--format', choices=('auto', 'torch', 'safetensors'), default='auto',
+                   help='output format (auto: safetensors for a .safetensors output, else torch.save)')
     p.add_argument('--model', '-m', required=True, help='registered model name the weights belong to')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
     p.add_argument('--num-classes', type=int, default=None, help='default: read from the checkpoint classifier')
@@ -80,7 +83,34 @@ def describe(source: Dict[str, torch.Tensor], result: Dict[str, torch.Tensor], m
     )
 
 
+def output_format(args) -> str:
+    """'torch' or 'safetensors'; timm and vssm recognise safetensors files by their .safetensors suffix."""
+    suffix = args.output.endswith('.safetensors')
+    fmt = args.format if args.format != 'auto' else ('safetensors' if suffix else 'torch')
+    if fmt == 'safetensors' and not suffix:
+        raise ValueError(f'--format safetensors: name the output *.safetensors (got {args.output}); timm and vssm '
+                         f'tell safetensors files by that suffix')
+    if fmt == 'torch' and suffix:
+        raise ValueError(f'--format torch: {args.output} ends in .safetensors; name it .pth')
+    if fmt == 'safetensors' and args.reverse:
+        raise ValueError('--reverse writes the official layout, {"model": state_dict}, which the official code '
+                         'reads with torch.load: use a .pth output')
+    return fmt
+
+
+def save_safetensors(state_dict: Dict[str, torch.Tensor], path: str, metadata: Dict[str, str]) -> None:
+    """safetensors stores each tensor on its own: mapped tensors that are views of one source are copied."""
+    from safetensors.torch import save_file
+    seen, out = set(), {}
+    for k, v in state_dict.items():
+        ptr = _storage(v)
+        out[k] = v.detach().clone().contiguous() if ptr in seen or not v.is_contiguous() else v.detach()
+        seen.add(ptr)
+    save_file(out, path, metadata={'format': 'pt', **metadata})
+
+
 def convert(args) -> Dict:
+    fmt = output_format(args)
     source = read_state_dict(args.input, use_ema=args.use_ema)
     kwargs = dict(args.model_kwargs)
     if args.num_classes is not None:
@@ -102,11 +132,10 @@ def convert(args) -> Dict:
     model.load_state_dict(mapped_for_check, strict=True)  # the proof: every model tensor filled, no extras
     report = describe(source, result, list(model.state_dict()) if not args.reverse else [])
     report.update(model=args.model, direction='vssm -> official' if args.reverse else 'official -> vssm',
-                  num_classes=model.num_classes, input=args.input, output=args.output)
+                  num_classes=model.num_classes, input=args.input, output=args.output, format=fmt)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    if args.output.endswith('.safetensors'):
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in result.items()}, args.output)
+    if fmt == 'safetensors':
+        save_safetensors(result, args.output, dict(model=args.model, num_classes=str(model.num_classes)))
     else:
         torch.save({'model': result} if args.reverse else result, args.output)
     return report

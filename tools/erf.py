@@ -141,7 +141,8 @@ def log_scaled(g: np.ndarray) -> np.ndarray:
 
 
 def render(maps: Dict[str, np.ndarray], path: str, panel: float = 4.0, dpi: int = 100, suptitle: str = '') -> str:
-    import matplotlib
+    from vssm._extras import require
+    matplotlib = require('matplotlib', 'plot', 'tools/erf.py (PNG maps)')
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     n = len(maps)

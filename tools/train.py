@@ -2,6 +2,7 @@
 """Train, fine-tune or evaluate an image classifier with timm's machinery (every vssm model is registered).
 
     python tools/train.py                        # embedded default: a small VMamba on scikit-learn's digits, CPU
+    python tools/train.py -c configs/imagenet/vmamba_tiny_s1l8.yaml --digits      # a recipe on the digits set
     python tools/train.py -c configs/imagenet/vmamba_tiny_s1l8.yaml --data-dir /data/imagenet
     torchrun --nproc_per_node 8 tools/train.py -c configs/imagenet/vmamba_tiny_s1l8.yaml --data-dir /data/imagenet
     python tools/train.py --data-dir DIR --model vmamba_tiny_s1l8 --initial-checkpoint W.pth --num-classes 37
@@ -35,6 +36,7 @@ if _ROOT not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, _ROOT)
 
 import vssm  # noqa: F401,E402  (registers the models)
+from vssm.serialization import is_safetensors, release_file_globals  # noqa: E402
 from timm.data import Mixup, create_dataset, create_loader, resolve_data_config  # noqa: E402
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
 from timm.models import create_model, load_checkpoint, model_parameters, resume_checkpoint, safe_model_name  # noqa: E402
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--val-num-samples', type=int, default=None, help='use only this many validation images')
     g.add_argument('--class-map', default='', type=str, metavar='FILENAME')
     g.add_argument('--dataset-download', action='store_true', default=False)
+    g.add_argument('--digits', action='store_true', default=False,
+                   help='train on the embedded digits set: the default with no data and no -c; with -c a YAML '
+                        'recipe runs on the digits set only when asked for with this flag')
 
     g = p.add_argument_group('Model')
     g.add_argument('--model', default='vmamba_tiny_s1l8', type=str, metavar='MODEL')
@@ -251,13 +256,24 @@ def parse_args(argv: List[str]):
                          f'with _ for - (see --help)')
         parser.set_defaults(**cfg)
     probe = parser.parse_args(remaining)
-    if probe.data is None and probe.data_dir is None and not probe.dataset:
+    no_data = probe.data is None and probe.data_dir is None and not probe.dataset
+    if no_data and known.config and not probe.digits:
+        parser.error(f'{known.config} is a training recipe, but no data was given: pass --data-dir DIR (train/ and '
+                     f'validation/ image folders) or --dataset NAME; to run this recipe on the embedded digits set, '
+                     f'add --digits')
+    if probe.digits and not no_data:
+        parser.error('--digits trains on the embedded digits set: drop --data-dir / --dataset, or drop --digits')
+    if no_data:
         # embedded default: the digits preset fills what neither the YAML nor the command line sets
         parser.set_defaults(**DIGITS_PRESET)
         parser.set_defaults(**cfg)
     args = parser.parse_args(remaining)
     args.config = known.config
     args.data_dir = args.data_dir or args.data
+    if args.resume and is_safetensors(args.resume):
+        parser.error(f'--resume {args.resume}: a .safetensors file holds weights only, while resuming needs the '
+                     f'optimizer, scheduler and epoch of a training checkpoint; start from these weights with '
+                     f'--initial-checkpoint instead')
     args.prefetcher = not args.no_prefetcher
     return args
 
@@ -626,12 +642,13 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if args.resume and fsdp:
         start_epoch = _fsdp_resume(model, optimizer, args.resume, load_optimizer=not args.no_resume_opt)
     elif args.resume:
-        resumed = resume_checkpoint(model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-                                    loss_scaler=None if args.no_resume_opt else loss_scaler,
-                                    log_info=ctx['primary'])
+        with release_file_globals():  # weights_only=True, the pickled objects of release files mapped
+            resumed = resume_checkpoint(model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+                                        loss_scaler=None if args.no_resume_opt else loss_scaler,
+                                        log_info=ctx['primary'])
+            if model_ema is not None:
+                load_checkpoint(model_ema.module, args.resume, use_ema=True)
         start_epoch = resumed or 0
-        if model_ema is not None:
-            load_checkpoint(model_ema.module, args.resume, use_ema=True)
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
 
@@ -759,9 +776,9 @@ class _FsdpSaver:
 
 def _fsdp_resume(model, optimizer, path: str, load_optimizer: bool = True) -> int:
     """Full (unsharded) checkpoint -> the sharded model and optimizer on every rank; returns the next epoch."""
-    from timm.models._helpers import _torch_load
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-    ckpt = _torch_load(path, map_location='cpu', weights_only=True)
+    from vssm.serialization import load_checkpoint_file
+    ckpt = load_checkpoint_file(path, map_location='cpu')
     if load_optimizer:
         # entries the LR scheduler added to the saved param groups (initial_lr): the flattened load needs them
         for group, saved in zip(optimizer.param_groups, ckpt['optimizer']['param_groups']):

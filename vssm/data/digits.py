@@ -25,8 +25,10 @@ def digits_split(split: str, val_fraction: float = 0.2, seed: int = 0) -> Tuple[
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}')
-    from sklearn.datasets import load_digits  # the data file is inside the sklearn package
-    data = load_digits()
+    from .._extras import require
+    # the data file is inside the sklearn package
+    datasets = require('sklearn.datasets', 'data', 'the embedded digits set (tools/train.py with no data)')
+    data = datasets.load_digits()
     images = (data.images / 16.0).astype(np.float32)
     labels = data.target.astype(np.int64)
     if split == 'all':

@@ -8,11 +8,12 @@ from typing import Callable, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import get_act_layer
+from timm.layers import get_act_layer, register_notrace_module
 
 __all__ = ['ChannelGate']
 
 
+@register_notrace_module  # pools over x.dim()-dependent axes: one leaf for timm's FX feature extraction
 class ChannelGate(nn.Module):
     def __init__(
             self,

@@ -18,7 +18,7 @@ from typing import Callable, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import get_act_layer, trunc_normal_
+from timm.layers import get_act_layer, register_notrace_module, trunc_normal_
 
 from ..ops import GROUPED_PLAN, DirectionPlan, cross_scan_rows, plan_selective_scan
 from .ss2d import init_ssm_params
@@ -48,6 +48,7 @@ class GroupedLayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
 
 
+@register_notrace_module  # shape-dependent plans: one leaf for timm's FX feature extraction
 class GroupedSS2D(nn.Module):
     def __init__(
             self,

@@ -11,7 +11,8 @@ official Vim names (``conv1d`` / ``conv1d_b``, ``A_log`` / ``A_b_log``, ...) and
 ``vssm.ops.plan_selective_scan`` with sequence-form u (the conv runs along each direction) and map-form z.
 
 Tokens are channel-last (B, L, E) in and out. ``grid`` gives the (H, W) map the plan reads; without it the
-sequence is a 1 x L map (Vim: the whole token sequence, class token included).
+sequence is a 1 x L map (Vim: the whole token sequence, class token included). With ``middle_token`` the
+sequence is the grid plus a class token in its middle, which every direction reads at its middle step.
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
@@ -19,6 +20,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from ..ops import DirectionPlan, cross_scan_rows, plan_selective_scan
 from .gates import ChannelGate
@@ -68,6 +70,7 @@ def _causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional
     return out
 
 
+@register_notrace_module  # shape-dependent plans: one leaf for timm's FX feature extraction
 class MultiMamba(nn.Module):
     def __init__(
             self,
@@ -141,13 +144,17 @@ class MultiMamba(nn.Module):
         D = torch.cat([d.D for d in dirs]).float()
         return conv_w, conv_b, x_proj, dt_w, dt_b.float(), A, D
 
-    def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None,
+                middle_token: bool = False) -> torch.Tensor:
+        """x (B, L, E) -> (B, L, E). ``middle_token``: token (L - 1) // 2 is a class token outside the grid;
+        every direction reads it at its own middle step (LocalVim's middle class token)."""
         Bt, L, _ = x.shape
-        H, W = grid if grid is not None else (1, L)
-        if H * W != L:
-            raise ValueError(f'MultiMamba got {L} tokens for a {H}x{W} grid')
+        H, W = grid if grid is not None else (1, L - int(middle_token))
+        if H * W + int(middle_token) != L:
+            extra = ' plus a class token' if middle_token else ''
+            raise ValueError(f'MultiMamba got {L} tokens for a {H}x{W} grid{extra}')
         N, R = self.d_state, self.dt_rank
-        index = self.plan.index(H, W, x.device)
+        index = self.plan.index(H, W, x.device, middle_token=middle_token)
         conv_w, conv_b, x_proj, dt_w, dt_b, A, D = self._stacked()
 
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, D) each, channel-last

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import get_act_layer, trunc_normal_
+from timm.layers import get_act_layer, register_notrace_module, trunc_normal_
 
 from .gates import ChannelGate
 from ..ops import DirectionPlan, VMAMBA_PLAN, cross_scan_rows, plan_selective_scan
@@ -61,6 +61,7 @@ def init_ssm_params(A_logs: torch.Tensor, Ds: torch.Tensor, dt_projs_weight: Opt
         init_dt_bias(dt_projs_bias)
 
 
+@register_notrace_module  # shape-dependent plans and padding: one leaf for timm's FX feature extraction
 class SS2D(nn.Module):
     def __init__(
             self,

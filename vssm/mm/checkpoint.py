@@ -1,23 +1,54 @@
 """Checkpoint files for the mm backbones, and mmengine's loader made to work on torch >= 2.6.
 
-torch >= 2.6 loads with ``weights_only=True`` by default. Tensor-only files (timm-style checkpoints, our
-classification checkpoints) load that way; training checkpoints that pickle Python objects (mmengine's
-``meta`` and message hub, the official VMamba files' configs) cannot. mmengine 0.10.7 calls ``torch.load``
-without the argument, so it fails on its own checkpoints. ``load_checkpoint_file`` tries the safe load
-first and falls back to a full unpickle with a warning; ``patch_mmengine_checkpoint_loader`` routes
-mmengine's local and http loaders through it.
+torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine 0.10.7 calls ``torch.load`` without the
+argument, so it fails on its own checkpoints: besides tensors they pickle the message hub's ``HistoryBuffer``
+objects (numpy arrays, and the buffer's statistics methods as ``getattr(HistoryBuffer, name)``).
+``load_checkpoint_file`` reads every file with ``weights_only=True`` (vssm.serialization: the official
+classification releases' yacs configs and argparse args mapped to inert stand-ins, .safetensors too), and
+for mmengine's own files also allowlists HistoryBuffer, the numpy array and scalar rebuilders, and a getattr
+that only returns HistoryBuffer's registered statistics methods. Nothing loads with ``weights_only=False``.
+``patch_mmengine_checkpoint_loader`` routes mmengine's local and http loaders through it.
 """
-import logging
 import os
-import pickle
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
-from mmengine.logging import print_log
+from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
-__all__ = ['load_checkpoint_file', 'patch_mmengine_checkpoint_loader']
+from ..serialization import load_checkpoint_file as _load_file
+
+__all__ = ['load_checkpoint_file', 'patch_mmengine_checkpoint_loader', 'MMENGINE_GLOBALS']
+
+
+def _history_buffer_getattr(obj: Any, name: str) -> Any:
+    """Stand-in for the ``builtins.getattr`` that pickles HistoryBuffer's statistics methods: only those."""
+    # the four built in (registered by the first HistoryBuffer made) and any registered since
+    if obj is HistoryBuffer and name in {'min', 'max', 'current', 'mean', *HistoryBuffer._statistics_methods}:
+        return getattr(HistoryBuffer, name)
+    raise ValueError(f'checkpoint asks for getattr({obj!r}, {name!r}); only HistoryBuffer statistics methods load')
+
+
+def _numpy_globals() -> List[Tuple[Any, str]]:
+    """numpy's array / scalar rebuilders, under both the numpy 2 (numpy._core) and numpy 1 (numpy.core) names."""
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct, scalar
+    # a dtype is rebuilt by numpy.dtype(...) and then given its state, which needs its concrete class allowlisted
+    dtype_classes = {type(np.dtype(c)) for c in np.typecodes['All']}
+    return [(np.ndarray, 'numpy.ndarray'), (np.dtype, 'numpy.dtype')] + [
+        (fn, f'{mod}.multiarray.{fn.__name__}')
+        for fn in (_reconstruct, scalar) for mod in ('numpy._core', 'numpy.core')
+    ] + [(c, f'{c.__module__}.{c.__qualname__}') for c in sorted(dtype_classes, key=str)]
+
+
+MMENGINE_GLOBALS: List[Tuple[Any, str]] = [
+    (HistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
+    (_history_buffer_getattr, 'builtins.getattr'),
+]
 
 
 def _download(url: str, model_dir: Optional[str] = None, progress: bool = True) -> str:
@@ -32,22 +63,15 @@ def _download(url: str, model_dir: Optional[str] = None, progress: bool = True) 
 
 def load_checkpoint_file(filename: str, map_location: Any = 'cpu', model_dir: Optional[str] = None,
                          progress: bool = True) -> Dict[str, Any]:
-    """torch.load a local path or http(s) URL: tensors-only first, full unpickle (with a warning) if needed."""
+    """Load a local path or http(s) URL with torch.load(weights_only=True) (or safetensors); see the module doc."""
     if not isinstance(filename, (str, os.PathLike)):
         raise TypeError(f'checkpoint must be a file path or URL, got {type(filename).__name__}')
     filename = os.fspath(filename)
     if filename.startswith(('http://', 'https://')):
         filename = _download(filename, model_dir, progress)
     filename = os.path.expanduser(filename)
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f'checkpoint file not found: {filename}')
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if 'Unsupported global' in ln] or [type(e).__name__]
-        print_log(f'{filename} holds Python objects besides tensors ({lines[0][:160]}); loading it with '
-                  f'weights_only=False. Only load checkpoints you trust.', logger='current', level=logging.WARNING)
-        return torch.load(filename, map_location=map_location, weights_only=False)
+    with torch.serialization.safe_globals(MMENGINE_GLOBALS + _numpy_globals()):
+        return _load_file(filename, map_location=map_location)
 
 
 def _mmengine_local(filename, map_location):

@@ -40,7 +40,11 @@ class HierarchicalModelMixin:
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False):
         dd = get_device_dtype(self)
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features, **dd)
+        # the head reads num_features channels (fewer after pruning); set here rather than through reset()'s
+        # in_features, which timm < 1.0.31 lacks (reset_other is a no-op for a ClassifierHead)
+        self.head.in_features = self.num_features
+        self.head.reset(num_classes, global_pool, **dd)
+        self.head.train(self.training)  # new modules start in training mode: keep the model's mode
         self.head_hidden_size = self.num_features
 
     def forward_intermediates(

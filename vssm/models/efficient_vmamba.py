@@ -22,6 +22,7 @@ from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 
 from ..layers import ChannelGate, SS2D
 from ..ops import EFFICIENT_VMAMBA_PLAN
+from ..serialization import release_file_globals
 from ._checks import check_state_dict_matches, unwrap_state_dict
 from ._hierarchical import HierarchicalModelMixin
 from .vmamba import PatchMerging, _stem_v1
@@ -309,12 +310,13 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_efficient_vmamba(variant: str, pretrained: bool = False, **kwargs) -> EfficientVMamba:
-    return build_model_with_cfg(
-        EfficientVMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
-        **kwargs,
-    )
+    with release_file_globals():  # official files pickle configs / args (vssm.serialization)
+        return build_model_with_cfg(
+            EfficientVMamba, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+            **kwargs,
+        )
 
 
 @register_model

@@ -25,6 +25,7 @@ from timm.models.pvt_v2 import MlpWithDepthwiseConv
 
 from ..layers import ChannelGate, GroupedSS2D
 from ..ops import GROUPED_PLAN
+from ..serialization import release_file_globals
 from ._checks import check_state_dict_matches, unwrap_state_dict
 from ._hierarchical import HierarchicalModelMixin
 from .vmamba import _downsample_v3
@@ -549,12 +550,13 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_groupmamba(variant: str, pretrained: bool = False, **kwargs) -> GroupMamba:
-    return build_model_with_cfg(
-        GroupMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
-        **kwargs,
-    )
+    with release_file_globals():  # official training files pickle their yacs config (vssm.serialization)
+        return build_model_with_cfg(
+            GroupMamba, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+            **kwargs,
+        )
 
 
 # the official train.py trains every size with drop_path_rate 0.05

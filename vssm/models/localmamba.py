@@ -12,6 +12,9 @@ non-square maps and every direction's A_log is its own tensor.
 
 - LocalVim: the Vim class (vim.py) without a class token, MultiMamba mixers with the direction gate,
   rotary embedding on the residual stream, mean pooling; depth 20.
+- LocalVim-T midcls (official ``local_vim_tiny_middle_cls_token``, the later release): Vim's middle class token
+  instead of rotary embedding and mean pooling. The token sits at N // 2 of the token sequence, each direction
+  scans the patch grid with the class token inserted at its step N // 2, and the head reads the class token.
 - LocalVMamba: VMamba v0 layout (patch-embed v1, patch merging, d_state 16, ssm_ratio 2, z-gate, no MLP)
   with a direction-gated SS2D per block.
 """
@@ -24,6 +27,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..layers import SS2D
 from ..ops import DirectionPlan
+from ..serialization import release_file_globals
 from ._checks import check_state_dict_matches, unwrap_state_dict
 from .vim import Vim, resample_pos_embed
 from .vmamba import VMamba
@@ -43,7 +47,9 @@ _LOCAL_VIM_SEARCHED = _layers(
     'h_flip v v_flip w2', 'h h_flip v v_flip', 'h v w2 w2_flip', 'v v_flip w2 w7', 'h h_flip v w2',
     'h h_flip w2_flip w7', 'v v_flip w2 w2_flip',
 )
-LOCAL_VIM_DIRECTIONS = {'local_vim_tiny': _LOCAL_VIM_SEARCHED, 'local_vim_small': _LOCAL_VIM_SEARCHED}
+# local_vim_tiny_middle_cls_token (official) repeats local_vim_tiny's list
+LOCAL_VIM_DIRECTIONS = {'local_vim_tiny': _LOCAL_VIM_SEARCHED, 'local_vim_small': _LOCAL_VIM_SEARCHED,
+                        'local_vim_tiny_midcls': _LOCAL_VIM_SEARCHED}
 LOCAL_VMAMBA_DIRECTIONS = {
     'local_vmamba_tiny': _layers(
         'h h_flip w7 w7_flip', 'h_flip v_flip w2 w2_flip', 'h_flip v_flip w2_flip w7', 'h_flip v v_flip w2',
@@ -136,6 +142,12 @@ def _remap_local_vim_key(k: str) -> Optional[str]:
 def local_vim_checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Vim) -> Dict[str, torch.Tensor]:
     """Official LocalVim checkpoints (`state_dict` / `model` wrappers, `module.` prefix) -> vssm keys."""
     state_dict = unwrap_state_dict(state_dict)
+    has_token, wants_token = 'cls_token' in state_dict, getattr(model, 'cls_token', None) is not None
+    if has_token != wants_token:
+        raise ValueError(
+            f'this LocalVim checkpoint {"has" if has_token else "has no"} cls_token but the model '
+            f'{"has none" if has_token else "has one"}: local_vim_tiny_middle_cls_token files load into '
+            f'local_vim_tiny_midcls, the RoPE LocalVim files (local_vim_tiny.ckpt) into local_vim_tiny / _small')
     out = {}
     for k, v in state_dict.items():
         nk = _remap_local_vim_key(k)
@@ -185,11 +197,12 @@ def _cfg(url: str = '', **kwargs) -> Dict:
 
 _VMAMBA_CFG = dict(pool_size=(7, 7), first_conv='stem.0', classifier='head.fc')
 
-# the official README lists a release file for LocalVim-T and LocalVMamba-S only (LocalVim-S links the
-# LocalVMamba-S file by mistake; LocalVMamba-T was never released)
+# the official README lists release files for LocalVim-T, LocalVim-T midcls and LocalVMamba-S only (LocalVim-S
+# links the LocalVMamba-S file by mistake; LocalVMamba-T was never released)
 default_cfgs = generate_default_cfgs({
     'local_vim_tiny.in1k': _cfg(url=_RELEASE + 'local_vim_tiny.ckpt'),
     'local_vim_small.in1k': _cfg(),
+    'local_vim_tiny_midcls.in1k': _cfg(url=_RELEASE + 'local_vim_tiny_middle_cls_token.ckpt'),
     'local_vmamba_tiny.in1k': _cfg(**_VMAMBA_CFG),
     'local_vmamba_small.in1k': _cfg(url=_RELEASE + 'local_vssm_small.ckpt', **_VMAMBA_CFG),
 })
@@ -197,21 +210,23 @@ default_cfgs = generate_default_cfgs({
 
 def _create_local_vim(variant: str, pretrained: bool = False, **kwargs) -> Vim:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        Vim, variant, pretrained,
-        pretrained_filter_fn=local_vim_checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    with release_file_globals():  # official files pickle configs / args (vssm.serialization)
+        return build_model_with_cfg(
+            Vim, variant, pretrained,
+            pretrained_filter_fn=local_vim_checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+            **kwargs,
+        )
 
 
 def _create_local_vmamba(variant: str, pretrained: bool = False, **kwargs) -> LocalVMamba:
-    return build_model_with_cfg(
-        LocalVMamba, variant, pretrained,
-        pretrained_filter_fn=local_vmamba_checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
-        **kwargs,
-    )
+    with release_file_globals():  # official files pickle configs / args (vssm.serialization)
+        return build_model_with_cfg(
+            LocalVMamba, variant, pretrained,
+            pretrained_filter_fn=local_vmamba_checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+            **kwargs,
+        )
 
 
 # LocalVim: Vim without class token, gated 4-direction mixers over the patch grid, RoPE, mean pooling
@@ -224,6 +239,14 @@ def local_vim_tiny(pretrained: bool = False, **kwargs) -> Vim:
     """LocalVim-T: 8.0M params, 76.2 top-1."""
     args = dict(embed_dim=192, directions=LOCAL_VIM_DIRECTIONS['local_vim_tiny'], drop_path_rate=0.1, **_LOCAL_VIM)
     return _create_local_vim('local_vim_tiny', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def local_vim_tiny_midcls(pretrained: bool = False, **kwargs) -> Vim:
+    """LocalVim-T with the middle class token (official local_vim_tiny_middle_cls_token): 8.0M params, 77.8 top-1."""
+    args = dict(embed_dim=192, directions=LOCAL_VIM_DIRECTIONS['local_vim_tiny_midcls'], drop_path_rate=0.1,
+                **dict(_LOCAL_VIM, class_token=True, grid_scan=True, global_pool='token', rope=False))
+    return _create_local_vim('local_vim_tiny_midcls', pretrained, **dict(args, **kwargs))
 
 
 @register_model

@@ -11,7 +11,8 @@ forwards and backwards through the shared scan engine; both directions always ru
 
 The same class builds LocalVim (LocalMamba's plain model, see localmamba.py): no class token, the mixer
 scans the patch grid along four per-layer directions merged by a channel gate, rotary embedding on the
-residual stream before every block, mean pooling.
+residual stream before every block, mean pooling; LocalVim-T midcls keeps the middle class token (no
+rotary embedding) and every grid direction reads it at its middle step (``grid_scan=True``).
 
 Official ``add -> norm -> mixer`` blocks with a running residual are rewritten as pre-norm blocks
 ``x + drop_path(mixer(norm(x)))`` (the same function, the final add folded into the last block).
@@ -26,12 +27,13 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, RmsNormFp32, apply_rot_embed, calculate_drop_path_rates, get_device_dtype, lecun_normal_,
-    resample_abs_pos_embed, trunc_normal_,
+    register_notrace_function, resample_abs_pos_embed, trunc_normal_,
 )
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..layers import MultiMamba
+from ..serialization import release_file_globals
 from ._checks import check_input, check_state_dict_matches, unwrap_state_dict
 
 __all__ = ['Vim']
@@ -91,6 +93,31 @@ def _resize_grid_table(table: torch.Tensor, old: Tuple[int, int], new: Tuple[int
     return resample_abs_pos_embed(table[None], list(new), list(old), num_prefix_tokens=0, antialias=False)[0]
 
 
+@register_notrace_function  # branches on the input's grid: a leaf for FX tracing
+def grid_table(table: torch.Tensor, old: Tuple[int, int], new: Tuple[int, int]) -> torch.Tensor:
+    """A (H*W, C) per-position table for another grid (the table itself when the grid is the same)."""
+    if tuple(new) == tuple(old):
+        return table
+    return _resize_grid_table(table, old, new)
+
+
+@register_notrace_function  # branches on the input's grid: a leaf for FX tracing
+def embed_tokens(x: torch.Tensor, pos_embed: torch.Tensor, cls_token: Optional[torch.Tensor],
+                 base_grid: Tuple[int, int], grid: Tuple[int, int]) -> torch.Tensor:
+    """Patch tokens (B, H*W, E) + position embedding (stored for `base_grid`, resampled to `grid`), with the
+    class token (its own position row, the middle one) inserted at the middle of the sequence."""
+    pos = pos_embed
+    if cls_token is not None:
+        mid0 = (pos.shape[1] - 1) // 2
+        pos_cls, pos = pos[:, mid0:mid0 + 1], torch.cat([pos[:, :mid0], pos[:, mid0 + 1:]], dim=1)
+    x = x + grid_table(pos[0], base_grid, grid)[None]
+    if cls_token is not None:
+        mid = x.shape[1] // 2
+        cls = cls_token.expand(x.shape[0], -1, -1) + pos_cls
+        x = torch.cat([x[:, :mid], cls, x[:, mid:]], dim=1)
+    return x
+
+
 class VimBlock(nn.Module):
     """x + drop_path(mixer(RMSNorm(x))); x may stay float32 while the block runs in the model's dtype."""
 
@@ -101,8 +128,9 @@ class VimBlock(nn.Module):
         self.mixer = mixer
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        h = self.mixer(self.norm(x).to(self.norm.weight.dtype), grid)
+    def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None,
+                middle_token: bool = False) -> torch.Tensor:
+        h = self.mixer(self.norm(x).to(self.norm.weight.dtype), grid, middle_token)
         return x + self.drop_path(h)
 
 
@@ -127,6 +155,7 @@ class Vim(nn.Module):
             d_conv: int = 4,
             conv_bias: bool = True,
             class_token: bool = True,
+            grid_scan: Optional[bool] = None,
             rope: bool = False,
             dynamic_img_pad: bool = False,
             norm_eps: float = 1e-5,
@@ -157,6 +186,9 @@ class Vim(nn.Module):
             d_conv: causal conv1d size.
             conv_bias: bias on the conv1d.
             class_token: a learned class token inserted in the middle of the sequence.
+            grid_scan: the mixer scans the patch grid along `directions` (default: only without a class token).
+                With a class token every direction reads it at its middle step (LocalVim-T midcls); otherwise
+                the mixer scans the 1-D token sequence ('h', 'h_flip') as Vim does.
             rope: rotary embedding of the residual stream before every block (LocalVim).
             dynamic_img_pad: pad images to a multiple of the patch size (LocalVim).
             norm_eps: RMSNorm epsilon.
@@ -179,14 +211,19 @@ class Vim(nn.Module):
             raise ValueError(f'got {len(per_block)} per-block direction lists for depth {depth}')
         if class_token and rope:
             raise ValueError('rope runs on the patch grid: use it without a class token')
-        if class_token and any(d not in _SEQUENCE_DIRECTIONS for dirs in per_block for d in dirs):
-            raise ValueError(f'with a class token in the sequence the mixer scans it in 1-D: directions must be '
-                             f'from {_SEQUENCE_DIRECTIONS}, got {sorted({d for b in per_block for d in b})}')
+        grid_scan = not class_token if grid_scan is None else bool(grid_scan)
+        if not class_token and not grid_scan:
+            raise ValueError('without a class token the mixer scans the patch grid: grid_scan must not be False')
+        if not grid_scan and any(d not in _SEQUENCE_DIRECTIONS for dirs in per_block for d in dirs):
+            got = sorted({d for b in per_block for d in b})
+            raise ValueError(f'with a class token in the sequence the mixer scans it in 1-D (grid_scan=False): '
+                             f'directions must be from {_SEQUENCE_DIRECTIONS}, got {got}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
+        self.grid_scan = grid_scan
         self.residual_in_fp32 = residual_in_fp32
         self.weight_init_mode = weight_init
         self.output_fmt = 'NLC'
@@ -232,7 +269,9 @@ class Vim(nn.Module):
         if self.pos_embed.is_meta:  # nothing to fill (and meta init ops are slow)
             return
         trunc_normal_(self.pos_embed, std=.02)
-        if self.cls_token is not None:
+        if self.cls_token is not None and self.weight_init_mode == 'trunc_normal':
+            nn.init.zeros_(self.cls_token)  # LocalVim midcls leaves its class token at zero
+        elif self.cls_token is not None:
             trunc_normal_(self.cls_token, std=.02)
         if self.rope:
             cos, sin = rope_tables(self.embed_dim, self.grid, device=self.rope_cos.device)
@@ -294,6 +333,7 @@ class Vim(nn.Module):
             self.global_pool = global_pool
         dd = get_device_dtype(self)
         self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)  # a new module starts in training mode: keep the model's mode
 
     # -------------------------------------------------------------------------------------- forward
 
@@ -301,30 +341,19 @@ class Vim(nn.Module):
         """Patch tokens (+ middle class token) + position embedding, resampled for another grid."""
         check_input(x, self.in_chans, self.min_input_size, type(self).__name__)
         x, grid = self.patch_embed(x)
-        pos = self.pos_embed
-        if self.cls_token is not None:
-            mid0 = (pos.shape[1] - 1) // 2
-            pos_cls, pos = pos[:, mid0:mid0 + 1], torch.cat([pos[:, :mid0], pos[:, mid0 + 1:]], dim=1)
-        if tuple(grid) != tuple(self.grid):
-            pos = _resize_grid_table(pos[0], self.grid, grid)[None]
-        x = x + pos
-        if self.cls_token is not None:
-            mid = x.shape[1] // 2
-            cls = self.cls_token.expand(x.shape[0], -1, -1) + pos_cls
-            x = torch.cat([x[:, :mid], cls, x[:, mid:]], dim=1)
+        x = embed_tokens(x, self.pos_embed, self.cls_token, self.grid, grid)
         return self.pos_drop(x), grid
 
     def _rope(self, grid: Tuple[int, int]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         if not self.rope:
             return None
-        if tuple(grid) == tuple(self.grid):
-            return self.rope_cos, self.rope_sin
-        return (_resize_grid_table(self.rope_cos, self.grid, grid),
-                _resize_grid_table(self.rope_sin, self.grid, grid))
+        return grid_table(self.rope_cos, self.grid, grid), grid_table(self.rope_sin, self.grid, grid)
 
     def _run_blocks(self, x: torch.Tensor, grid: Tuple[int, int], blocks: Sequence[nn.Module], take=()):
         """Run `blocks` on the residual stream; also returns the stream after each block index in `take`."""
-        mixer_grid = grid if self.cls_token is None else None  # with a class token: the 1-D sequence
+        # the patch grid (a class token, if any, at every direction's middle step) or the 1-D token sequence
+        mixer_grid = grid if self.grid_scan else None
+        middle_token = self.grid_scan and self.cls_token is not None
         rope = self._rope(grid)
         if self.residual_in_fp32:
             x = x.float()
@@ -333,9 +362,9 @@ class Vim(nn.Module):
             if rope is not None:
                 x = apply_rot_embed(x, rope[1], rope[0])
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x, mixer_grid)
+                x = checkpoint(blk, x, mixer_grid, middle_token)
             else:
-                x = blk(x, mixer_grid)
+                x = blk(x, mixer_grid, middle_token)
             if i in take:
                 taps.append(x)
         return x, taps
@@ -497,12 +526,13 @@ default_cfgs = generate_default_cfgs({
 
 def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> Vim:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        Vim, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    with release_file_globals():  # official files pickle configs / args (vssm.serialization)
+        return build_model_with_cfg(
+            Vim, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+            **kwargs,
+        )
 
 
 @register_model

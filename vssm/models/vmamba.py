@@ -13,10 +13,11 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, calculate_drop_path_rates, trunc_normal_
+from timm.layers import ClassifierHead, calculate_drop_path_rates, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..layers import Permute, SS2D, VSSBlock
+from ..serialization import release_file_globals
 from ._checks import check_state_dict_matches, unwrap_state_dict
 from ._hierarchical import HierarchicalModelMixin
 
@@ -46,6 +47,7 @@ def _stem_v2(in_chans: int, dim: int, norm_eps: float, dd) -> nn.Sequential:
     )
 
 
+@register_notrace_module  # pads odd maps (a branch on the shape): one leaf for timm's FX feature extraction
 class PatchMerging(nn.Module):
     """v1 downsample: 2x2 neighbours concatenated (official order), LayerNorm(4C), Linear 4C -> out."""
 
@@ -294,12 +296,13 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
-    return build_model_with_cfg(
-        VMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
-        **kwargs,
-    )
+    with release_file_globals():  # official files pickle configs / args (vssm.serialization)
+        return build_model_with_cfg(
+            VMamba, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+            **kwargs,
+        )
 
 
 _V2 = dict(d_state=1, dt_rank='auto', d_conv=3, conv_bias=False, gate=False, mlp_ratio=4.0, stem='v2',

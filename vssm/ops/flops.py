@@ -46,7 +46,8 @@ _HANDLES = {'vssm::plan_scan': _plan_scan_handle}
 
 
 def _analysis(model: torch.nn.Module, input_size: Tuple[int, ...], batch_size: int = 1):
-    from fvcore.nn import FlopCountAnalysis
+    from .._extras import require
+    FlopCountAnalysis = require('fvcore.nn', 'tools', 'FLOP counting (vssm.ops.flops)').FlopCountAnalysis
     p = next(model.parameters())
     x = torch.zeros((batch_size, *input_size), device=p.device, dtype=p.dtype)
     analysis = FlopCountAnalysis(model, x)

@@ -22,6 +22,7 @@ import torch
 __all__ = [
     'DirectionPlan', 'build_index', 'cross_scan', 'cross_scan_rows', 'cross_merge',
     'VMAMBA_PLAN', 'VIM_PLAN', 'EFFICIENT_VMAMBA_PLAN', 'GROUPED_PLAN', 'MERGE_MODES', 'validate_index',
+    'with_middle_token',
 ]
 
 # sum / mean: directions summed (averaged) back into one map; none: one map per direction;
@@ -63,11 +64,21 @@ def _direction_order(name: str, H: int, W: int) -> torch.Tensor:
     return _base_order(name, H, W)
 
 
+def with_middle_token(index: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """An index over a map of n positions -> the same plan over n + 1 tokens whose token n // 2 is a class token.
+
+    Map positions from n // 2 on move up by one token, and every direction reads the class token at its own
+    step n // 2, however the direction orders (or pads) the map: LocalMamba's middle class token
+    (``local_vim_tiny_middle_cls_token``) is inserted into each scanned sequence at that step.
+    """
+    mid = num_positions // 2
+    shifted = torch.where(index >= mid, index + 1, index)
+    token = torch.full((index.shape[0], 1), mid, dtype=index.dtype, device=index.device)
+    return torch.cat([shifted[:, :mid], token, shifted[:, mid:]], dim=1)
+
+
 @lru_cache(maxsize=256)
-@torch.inference_mode(False)
-def _index_cpu(directions: Tuple[str, ...], H: int, W: int) -> torch.Tensor:
-    # cached tensors are made as normal tensors even when first asked for under torch.inference_mode: an
-    # inference tensor has no version counter (validate_index reads it) and cannot be saved for a later backward
+def _index_cpu(directions: Tuple[str, ...], H: int, W: int, middle_token: bool = False) -> torch.Tensor:
     orders = [_direction_order(d, H, W) for d in directions]
     length = max(o.numel() for o in orders)
     # directions of unequal length (atrous phases on odd maps) are padded at the end: a causal scan's
@@ -75,7 +86,7 @@ def _index_cpu(directions: Tuple[str, ...], H: int, W: int) -> torch.Tensor:
     index = torch.full((len(orders), length), -1, dtype=torch.long)
     for k, o in enumerate(orders):
         index[k, :o.numel()] = o
-    return index
+    return with_middle_token(index, H * W) if middle_token else index
 
 
 # device copies of index maps, least recently used dropped first: multi-scale training meets many map sizes
@@ -83,20 +94,26 @@ _DEVICE_CACHE: 'OrderedDict[tuple, torch.Tensor]' = OrderedDict()
 _DEVICE_CACHE_SIZE = 256
 
 
-def build_index(directions: Sequence[str], H: int, W: int, device=None) -> torch.Tensor:
-    """(K, Lk) long index map of a plan on an (H, W) map, cached per device (LRU, 256 entries)."""
+def build_index(directions: Sequence[str], H: int, W: int, device=None, middle_token: bool = False) -> torch.Tensor:
+    """(K, Lk) long index map of a plan on an (H, W) map, cached per device (LRU, 256 entries).
+
+    ``middle_token``: the sequence holds H*W + 1 tokens, a class token at H*W // 2 (see with_middle_token).
+    """
     if H < 1 or W < 1:
         raise ValueError(f'a scan needs a map of at least 1x1, got {H}x{W}')
-    cpu = _index_cpu(tuple(directions), int(H), int(W))
+    # cached maps outlive the call: made outside inference mode, so a first forward under
+    # torch.inference_mode() does not leave inference tensors that training (autograd) later refuses
+    with torch.inference_mode(False):
+        cpu = _index_cpu(tuple(directions), int(H), int(W), bool(middle_token))
     device = torch.device('cpu') if device is None else torch.device(device)
     if device.type == 'cpu':
         return cpu
     if device.type == 'meta':
         return cpu.to(device)
-    key = (tuple(directions), int(H), int(W), str(device))
+    key = (tuple(directions), int(H), int(W), bool(middle_token), str(device))
     index = _DEVICE_CACHE.get(key)
     if index is None:
-        with torch.inference_mode(False):  # a normal tensor, as in _index_cpu
+        with torch.inference_mode(False):
             index = _DEVICE_CACHE[key] = cpu.to(device)
         while len(_DEVICE_CACHE) > _DEVICE_CACHE_SIZE:
             _DEVICE_CACHE.popitem(last=False)
@@ -121,7 +138,9 @@ def validate_index(index: torch.Tensor, length: int) -> None:
     if index.device.type == 'meta' or torch.compiler.is_compiling() or _is_fake(index):
         return
     key = id(index)
-    if _VALIDATED.get(key) is index and _VALIDATED_AT.get(key) == (index._version, length):
+    # an inference tensor has no version counter (an in-place edit cannot be seen): checked on every call
+    cacheable = not index.is_inference()
+    if cacheable and _VALIDATED.get(key) is index and _VALIDATED_AT.get(key) == (index._version, length):
         return
     if index.numel():
         lo, hi = int(index.min()), int(index.max())
@@ -134,6 +153,8 @@ def validate_index(index: torch.Tensor, length: int) -> None:
             k = int(repeated.any(dim=1).nonzero()[0])
             raise ValueError(f'index direction {k} visits a map position more than once; each position may appear '
                              f'at most once per direction')
+    if not cacheable:
+        return
     for dead in [k for k in _VALIDATED_AT if k not in _VALIDATED]:
         del _VALIDATED_AT[dead]
     _VALIDATED[key] = index
@@ -162,8 +183,8 @@ class DirectionPlan:
     def num_directions(self) -> int:
         return len(self.directions)
 
-    def index(self, H: int, W: int, device=None) -> torch.Tensor:
-        return build_index(self.directions, H, W, device)
+    def index(self, H: int, W: int, device=None, middle_token: bool = False) -> torch.Tensor:
+        return build_index(self.directions, H, W, device, middle_token)
 
     def scan(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         if self.merge == 'group':  # direction k reads channel group k

@@ -327,6 +327,9 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, leng
     """Clear errors before any kernel sees a wrong shape, dtype, device or index map."""
     tensors = (('u', u), ('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D), ('z', z),
                ('delta_bias', delta_bias), ('delta_weight', delta_weight))
+    for name, t in tensors[:5]:
+        if t is None:
+            raise ScanInputError(f'selective scan input {name} is required, got None')
     for name, t in tensors:
         if t is not None and not isinstance(t, torch.Tensor):
             raise ScanInputError(f'selective scan input {name} must be a tensor, got {type(t).__name__}')

@@ -81,7 +81,9 @@ def _chunk_bounds(delta, A, L, max_chunk):
     r = (delta.abs().amax(dim=(0, 1, 2)) * A.abs().amax()).tolist()  # (L,) -> python floats
     bounds, start, acc = [], 0, 0.0
     for t, rt in enumerate(r):
-        if t > start and (acc + rt > limit or t - start >= max_chunk):
+        # `not <=`: a NaN growth bound (NaN in delta or A) cuts too, so a -inf elsewhere in A never meets the
+        # closed form (-inf - -inf = NaN) but the plain recurrence (exp(-inf) = 0), as in the reference
+        if t > start and (not acc + rt <= limit or t - start >= max_chunk):
             bounds.append((start, t))
             start, acc = t, 0.0
         acc += rt

@@ -6,6 +6,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from ..serialization import load_checkpoint_file
+
 __all__ = ['family_filter_fn', 'read_state_dict', 'map_state_dict', 'load_weights', 'MappingReport']
 
 
@@ -33,19 +35,20 @@ def family_filter_fn(model: nn.Module) -> Optional[Callable]:
 
 
 def read_state_dict(path: str, use_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file: training checkpoints (`state_dict`, `model`, EMA on request) or bare dicts."""
-    from timm.models._helpers import _torch_load
-    ckpt = _torch_load(path, map_location='cpu', weights_only=True)
+    """Tensors of a checkpoint file: training checkpoints (`state_dict`, `model`, EMA on request), bare dicts, or
+    .safetensors; pickles load with weights_only=True (official release objects mapped by vssm.serialization)."""
+    ckpt = load_checkpoint_file(path, map_location='cpu')
     if not isinstance(ckpt, dict):
         raise TypeError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}')
-    keys = ('state_dict_ema', 'model_ema', 'state_dict', 'model') if use_ema else ('state_dict', 'model')
+    # EMA weights: timm / VMamba / Vim name them state_dict_ema / model_ema, LocalMamba's CheckpointManager ema_model
+    keys = ('state_dict_ema', 'model_ema', 'ema_model', 'state_dict', 'model') if use_ema else ('state_dict', 'model')
     for key in keys:
         if isinstance(ckpt.get(key), dict) and ckpt[key]:
             ckpt = ckpt[key]
             break
     else:
         if use_ema:
-            raise KeyError(f'{path}: no EMA weights (state_dict_ema / model_ema) in this checkpoint')
+            raise KeyError(f'{path}: no EMA weights (state_dict_ema / model_ema / ema_model) in this checkpoint')
     sd = {k: v for k, v in ckpt.items() if torch.is_tensor(v)}
     if sd and all(k.startswith('module.') for k in sd):
         sd = {k[len('module.'):]: v for k, v in sd.items()}

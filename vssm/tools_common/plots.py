@@ -6,7 +6,8 @@ __all__ = ['read_csv', 'plot_training_curves', 'plot_xy_series']
 
 
 def _pyplot():
-    import matplotlib
+    from .._extras import require
+    matplotlib = require('matplotlib', 'plot', 'the PNG plots of the tools')
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt
