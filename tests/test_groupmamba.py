@@ -101,7 +101,7 @@ def test_official_release_loads_through_timm(tmp_path):
         'stages.2.blocks.8.mixer.affinity.global_reduce.weight': 'block3.8.attn.fc1.weight',
         'stages.0.blocks.2.mixer.skip_scale': 'block1.2.attn.skip_scale',
         'stages.0.blocks.2.mlp.dwconv.weight': 'block1.2.mlp.dwconv.dwconv.weight',
-        'stages.1.blocks.0.mlp_norm.bias': 'block2.0.norm2.bias',
+        'stages.1.blocks.0.norm2.bias': 'block2.0.norm2.bias',
         'head.cls_block.post_norm.weight': 'post_network.0.norm1.weight',
         'head.cls_block.mixer.proj.weight': 'post_network.0.attn.proj.weight',
         'head.norm.weight': 'norm4.weight',

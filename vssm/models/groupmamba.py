@@ -19,7 +19,9 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates, get_device_dtype, trunc_normal_
+from timm.layers import (
+    DropPath, Mlp, calculate_drop_path_rates, get_device_dtype, register_notrace_module, trunc_normal_,
+)
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.pvt_v2 import MlpWithDepthwiseConv
 
@@ -33,6 +35,7 @@ from .vmamba import _downsample_v3
 __all__ = ['GroupMamba', 'GroupMambaLayer', 'GroupMambaBlock', 'ClassBlock', 'ClassTokenHead']
 
 
+@register_notrace_module  # its affinity gate pools over shape-dependent axes: one leaf for timm's FX tracing
 class GroupMambaLayer(nn.Module):
     """The modulated group Mamba layer (channel-last): four single-direction SS2D groups + channel affinity.
 
@@ -91,19 +94,19 @@ class GroupMambaBlock(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         self.mixer = GroupMambaLayer(dim, d_state=d_state, ssm_ratio=ssm_ratio, d_conv=d_conv, reduction=reduction,
                                      **dd)
-        self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
         self.mlp = MlpWithDepthwiseConv(dim, int(dim * mlp_ratio), **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         Bt, H, W, C = x.shape
         x = x + self.drop_path(self.mixer(x))
-        mlp = self.mlp(self.mlp_norm(x).reshape(Bt, H * W, C), [H, W]).reshape(Bt, H, W, C)
+        mlp = self.mlp(self.norm2(x).reshape(Bt, H * W, C), [H, W]).reshape(Bt, H, W, C)
         return x + self.drop_path(mlp)
 
 
 class ClassBlock(nn.Module):
-    """The official class block on a (B, 1, 1, C) token: t + post_norm(layer(t)), then t + MLP(mlp_norm(t))."""
+    """The official class block on a (B, 1, 1, C) token: t + post_norm(layer(t)), then t + MLP(norm2(t))."""
 
     def __init__(
             self,
@@ -122,12 +125,12 @@ class ClassBlock(nn.Module):
         self.mixer = GroupMambaLayer(dim, d_state=d_state, ssm_ratio=ssm_ratio, d_conv=d_conv, reduction=reduction,
                                      **dd)
         self.post_norm = nn.LayerNorm(dim, eps=norm_eps, **dd)  # after the layer, unlike the blocks
-        self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), **dd)
 
     def forward(self, token: torch.Tensor) -> torch.Tensor:
         token = token + self.post_norm(self.mixer(token))
-        return token + self.mlp(self.mlp_norm(token))
+        return token + self.mlp(self.norm2(token))
 
 
 class ClassTokenHead(nn.Module):
@@ -400,8 +403,8 @@ _GROUP_TENSORS = {
     'out_norm.weight': ('out_norm.weight', 'stack'), 'out_norm.bias': ('out_norm.bias', 'stack'),
 }
 _LAYER_KEYS = {'fc1.': 'affinity.global_reduce.', 'fc2.': 'affinity.channel_select.'}
-_BLOCK_KEYS = {'attn.': 'mixer.', 'norm2.': 'mlp_norm.', 'mlp.dwconv.dwconv.': 'mlp.dwconv.'}
-_CLS_BLOCK_KEYS = {'attn.': 'mixer.', 'norm1.': 'post_norm.', 'norm2.': 'mlp_norm.'}
+_BLOCK_KEYS = {'attn.': 'mixer.', 'mlp.dwconv.dwconv.': 'mlp.dwconv.'}
+_CLS_BLOCK_KEYS = {'attn.': 'mixer.', 'norm1.': 'post_norm.'}
 
 
 def _replace_prefix(k: str, table: Dict[str, str]) -> str:
