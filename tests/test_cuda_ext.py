@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vssm.ops import build_index, plan_scan_reference, plan_selective_scan
+from vssm.ops import build_index, plan_scan_fast, plan_scan_reference, plan_selective_scan
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / 'kernels'
@@ -87,11 +87,14 @@ def as_float32(t):
     return {n: (v.float() if v is not None else None) for n, v in t.items()}
 
 
-def reference_with_grads(t, idx, L, merge, grad_out=None, delta_softplus=True):
-    """float64 reference on the same (possibly rounded) inputs: output and gradients of every input."""
+def reference_with_grads(t, idx, L, merge, grad_out=None, delta_softplus=True, oracle=plan_scan_reference):
+    """float64 oracle on the same (possibly rounded) inputs: output and gradients of every input.
+
+    oracle: the step-by-step reference, or at long real shapes its chunked closed form plan_scan_fast (in
+    float64 the same values; tests/test_ops_scan.py checks the two against each other)."""
     leaves = {n: (v.detach().to(torch.float64).requires_grad_(True) if v is not None else None) for n, v in t.items()}
-    out = plan_scan_reference(*[leaves[n] for n in NAMES[:8]], index=idx, length=L, merge=merge,
-                              delta_softplus=delta_softplus, delta_weight=leaves['delta_weight'])
+    out = oracle(*[leaves[n] for n in NAMES[:8]], index=idx, length=L, merge=merge, delta_softplus=delta_softplus,
+                 delta_weight=leaves['delta_weight'])
     if grad_out is None:
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
         grad_out = grad_out.to(out.device)
@@ -116,9 +119,10 @@ def grad_tolerances(dtype):
     return lambda n: base.get(n, base['default'])
 
 
-def check_against_reference(forward, backward, t, idx, L, merge, dtype, delta_softplus=True):
+def check_against_reference(forward, backward, t, idx, L, merge, dtype, delta_softplus=True,
+                            oracle=plan_scan_reference):
     """forward(t) -> out and backward(grad_out, t) -> grads dict, on inputs `t` of `dtype`."""
-    ref, grad_out, ref_g = reference_with_grads(t, idx, L, merge, delta_softplus=delta_softplus)
+    ref, grad_out, ref_g = reference_with_grads(t, idx, L, merge, delta_softplus=delta_softplus, oracle=oracle)
     out = forward(t)
     assert out.dtype == t['u'].dtype and out.shape == ref.shape
     if dtype == torch.float32:
@@ -547,7 +551,7 @@ def test_gpu_real_shapes(shape, dtype):
     t, idx, L = make_inputs(PLANS[plan], Bt=Bt, Dm=Dm, N=N, H=H, W=W, dtype=dtype, seq_u=seq, device='cuda',
                             rank=R, merge=merge)
     fwd, bwd = _via_op(idx, L, merge)
-    check_against_reference(fwd, bwd, t, idx, L, merge, dtype)
+    check_against_reference(fwd, bwd, t, idx, L, merge, dtype, oracle=plan_scan_fast)
 
 
 @pytest.mark.gpu
