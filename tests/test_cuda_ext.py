@@ -197,17 +197,18 @@ def emulator():
         pytest.skip(f'the CPU emulator of the CUDA kernels could not be built: {e}')
 
 
-def _emulated(ext, chunk=0, tile=0, sub=0, slots=0, chunk_slots=0):
+def _emulated(ext, chunk=0, tile=0, sub=0, slots=0, chunk_slots=0, num_sms=0):
     from vssm.ops.cuda_ext import scan_backward_with, scan_forward_with
 
     def fwd(t, idx, L, merge, softplus=True):
         return scan_forward_with(ext, *[t[n] for n in NAMES[:8]], index=idx, length=L, merge=merge,
-                                 delta_softplus=softplus, delta_weight=t['delta_weight'], chunk=chunk, tile=tile)
+                                 delta_softplus=softplus, delta_weight=t['delta_weight'], chunk=chunk, tile=tile,
+                                 num_sms=num_sms)
 
     def bwd(g, t, idx, L, merge, softplus=True):
         grads = scan_backward_with(ext, g, *[t[n] for n in NAMES[:8]], index=idx, length=L, merge=merge,
                                    delta_softplus=softplus, delta_weight=t['delta_weight'], chunk=chunk, tile=tile,
-                                   sub=sub, slots=slots, chunk_slots=chunk_slots)
+                                   sub=sub, slots=slots, chunk_slots=chunk_slots, num_sms=num_sms)
         return dict(zip(NAMES, grads))
     return fwd, bwd
 
@@ -455,7 +456,7 @@ def test_schedule_at_the_shapes_models_meet(emulator):
 
 def test_schedule_is_what_the_kernels_run(emulator):
     """The cost model walks the driver's own launch sequence: the forced 'split' configuration the emulated
-    tests run has the passes, grids and slots it reports."""
+    tests run has the passes, grids and slots it reports; an automatic schedule with batch slots runs right."""
     from vssm.ops.cuda_ext import schedule
     s = schedule(emulator, backward=True, Bt=3, K=4, Dm=3, N=3, R=2, Lk=35, L=35, dtype=torch.float32, num_sms=1,
                  **CONFIGS['split'][0])
@@ -465,6 +466,12 @@ def test_schedule_is_what_the_kernels_run(emulator):
         ['chunk_state', 'chunk_combine', 'chunk_carry', 'carry_combine'] + ['backward_main'] * 4)
     auto = schedule(emulator, backward=False, Bt=1, K=4, Dm=96, N=1, R=6, Lk=3136, L=3136)
     assert auto['nchunks'] > 1 and auto['chunk'] >= 32  # batch 1: sequence parallelism, chunks still long
+    # the automatic 132-SM schedule of a small-map, high-rank shape: the workspace bound leaves 3 batch slots
+    # for 4 batches (one block walks two), on a tile with idle threads; the emulated kernels run it
+    s = schedule(emulator, backward=True, Bt=4, K=4, Dm=40, N=2, R=40, Lk=6, L=6, has_z=True, dtype=torch.float32)
+    assert (s['slots'], s['tile']) == (3, 64) and s['workspace_bytes'] <= 2 * s['input_bytes']
+    t, idx, L = make_inputs(PLANS['vmamba'], Bt=4, Dm=40, N=2, H=3, W=2, rank=40)
+    _check_emulated(emulator, dict(num_sms=132), as_float32(t), idx, L, 'sum')
 
 
 # --------------------------------------------------------------------------------------------- loader

@@ -85,7 +85,7 @@ struct Channel {
   VSSM_DEVICE Channel(const ScanParams& p_, int b_, int k_, int d_, const float* w_, int ws_)
       : p(p_), b(b_), k(k_), d(d_), w(w_), ws(ws_) {
     const int64_t c = static_cast<int64_t>(k) * p.Dm + d;
-VSSM_UNROLL
+    VSSM_UNROLL
     for (int n = 0; n < kN; ++n) A[n] = n < p.N ? p.A[c * p.N + n] : 0.f;
     Dv = p.has_D ? p.D[c] : 0.f;
     bias = p.has_bias ? p.bias[c] : 0.f;
@@ -118,12 +118,12 @@ VSSM_UNROLL
   }
   // h <- exp(dt*A) h + dt*B*u
   VSSM_DEVICE void step(float* h, int t, float dtv, float uv) const {
-VSSM_UNROLL
+    VSSM_UNROLL
     for (int n = 0; n < kN; ++n)
       if (n < p.N) h[n] = expf(dtv * A[n]) * h[n] + dtv * Bv(n, t) * uv;
   }
   VSSM_DEVICE void load_state(float* h, const float* src) const {
-VSSM_UNROLL
+    VSSM_UNROLL
     for (int n = 0; n < kN; ++n) h[n] = n < p.N ? src[n] : 0.f;
   }
 };
@@ -152,7 +152,7 @@ struct ChunkStateBody {
     Channel<T, kN> ch(p, b, k, d, smem + c.tid(), c.nthreads());
     const int t0 = j * p.chunk, t1 = imin(p.Lk, t0 + p.chunk);
     float h[kN];
-VSSM_UNROLL
+    VSSM_UNROLL
     for (int n = 0; n < kN; ++n) h[n] = 0.f;
     float sum_dt = 0.f;
     for (int t = t0; t < t1; ++t) {
@@ -162,7 +162,7 @@ VSSM_UNROLL
       sum_dt += dtv;
     }
     const int64_t s = state_slot(p, b, k, j, d);
-VSSM_UNROLL
+    VSSM_UNROLL
     for (int n = 0; n < kN; ++n)
       if (n < p.N) p.states[s * p.N + n] = h[n];
     p.sdt[s] = sum_dt;
@@ -214,7 +214,7 @@ struct ChunkOutputBody {
     if (p.nchunks > 1) {
       ch.load_state(h, p.states + state_slot(p, b, k, j, d) * p.N);
     } else {
-VSSM_UNROLL
+      VSSM_UNROLL
       for (int n = 0; n < kN; ++n) h[n] = 0.f;
     }
     const bool first = k == 0 && p.store_first, last = k == p.K - 1 && p.fuse_finalize;
@@ -225,7 +225,7 @@ VSSM_UNROLL
       ch.step(h, t, ch.dt(ch.delta_in(t)), uv);
       if (pos < 0) continue;  // padded steps advance the state but have no output
       float y = ch.Dv * uv;
-VSSM_UNROLL
+      VSSM_UNROLL
       for (int n = 0; n < kN; ++n)
         if (n < p.N) y += ch.Cv(n, t) * h[n];
       if (!p.merged()) {
@@ -283,18 +283,18 @@ struct ChunkCarryBody {
     Channel<T, kN> ch(p, b, k, d, smem + c.tid(), c.nthreads());
     const int t0 = j * p.chunk, t1 = imin(p.Lk, t0 + p.chunk);
     float carry[kN];
-VSSM_UNROLL
+    VSSM_UNROLL
     for (int n = 0; n < kN; ++n) carry[n] = 0.f;
     for (int t = t1 - 1; t >= t0; --t) {
       const int64_t pos = ch.pos(t);
       const float gy = ch.grad_y(pos);
       const float dtv = ch.dt(ch.delta_in(t));
-VSSM_UNROLL
+      VSSM_UNROLL
       for (int n = 0; n < kN; ++n)
         if (n < p.N) carry[n] = expf(dtv * ch.A[n]) * (gy * ch.Cv(n, t) + carry[n]);
     }
     const int64_t s = state_slot(p, b, k, j, d);
-VSSM_UNROLL
+    VSSM_UNROLL
     for (int n = 0; n < kN; ++n)
       if (n < p.N) p.carries[s * p.N + n] = carry[n];
   }
@@ -358,6 +358,7 @@ struct BackwardMainBody {
     float* accdts = dxs + S * W;           // [len][R]: this chunk's d(dts)
     const bool first_dir = k == 0 && p.store_first, last_dir = k == p.K - 1 && p.fuse_finalize;
 
+    // every (batch, chunk) pair of this block's slots, in a fixed order
     for (int b = slot; b < p.Bt; b += p.slots)
     for (int j = jslot; j < p.nchunks; j += p.chunk_slots) {
       const int t0 = j * p.chunk, t1 = imin(p.Lk, t0 + p.chunk), len = t1 - t0;
@@ -374,7 +375,7 @@ struct BackwardMainBody {
         Channel<T, kN> ch(p, b, k, active ? d : 0, wsm + tid, W);
         const int64_t sslot = state_slot(p, b, k, j, active ? d : 0);
         float h[kN], carry[kN], dA[kN];
-VSSM_UNROLL
+        VSSM_UNROLL
         for (int n = 0; n < kN; ++n) h[n] = carry[n] = dA[n] = 0.f;
         if (active && p.nchunks > 1) {
           ch.load_state(h, p.states + sslot * N);
@@ -384,7 +385,7 @@ VSSM_UNROLL
 
         // forward over the chunk, checkpointing the state before each sub-chunk
         for (int sb = 0; sb < nsub; ++sb) {
-VSSM_UNROLL
+          VSSM_UNROLL
           for (int n = 0; n < kN; ++n)
             if (n < N) ckpt[(sb * N + n) * nt + tid] = h[n];
           if (!active) continue;
@@ -395,11 +396,11 @@ VSSM_UNROLL
         for (int sb = nsub - 1; sb >= 0; --sb) {
           const int s0 = t0 + sb * S, s1 = imin(t1, s0 + S), rows = s1 - s0;
           if (active) {
-VSSM_UNROLL
+            VSSM_UNROLL
             for (int n = 0; n < kN; ++n) h[n] = n < N ? ckpt[(sb * N + n) * nt + tid] : 0.f;
             for (int t = s0; t < s1; ++t) {
               ch.step(h, t, ch.dt(ch.delta_in(t)), ch.u(t, ch.pos(t)));
-VSSM_UNROLL
+              VSSM_UNROLL
               for (int n = 0; n < kN; ++n)
                 if (n < N) hs[((t - s0) * N + n) * nt + tid] = h[n];
             }
@@ -417,7 +418,7 @@ VSSM_UNROLL
             const float dtv = ch.dt(x);
             const float gy = ch.grad_y(pos);
             float du = ch.Dv * gy, ddt = 0.f, y = ch.Dv * uv;
-VSSM_UNROLL
+            VSSM_UNROLL
             for (int n = 0; n < kN; ++n) {
               if (n >= N) continue;
               const float hprev = r > 0 ? hs[((r - 1) * N + n) * nt + tid] : ckpt[(sb * N + n) * nt + tid];
@@ -492,7 +493,7 @@ VSSM_UNROLL
         if (active) {
           const int64_t ps = part_slot(p, slot, k, jslot, d);
           const bool first = b == slot && j == jslot;
-VSSM_UNROLL
+          VSSM_UNROLL
           for (int n = 0; n < kN; ++n)
             if (n < N) add_part(p.dA_part, ps * N + n, dA[n], first);
           if (p.has_D) add_part(p.dD_part, ps, dD, first);
