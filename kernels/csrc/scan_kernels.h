@@ -72,12 +72,14 @@ VSSM_DEVICE void load_weights(const ScanParams& p, float* col, int stride, int k
   for (int r = 0; r < p.R; ++r) col[r * stride] = active ? p.W[(static_cast<int64_t>(k) * p.Dm + d) * p.R + r] : 0.f;
 }
 
-// One channel's constants and the per-step loads through the index map.
-template <typename T, int kN>
+// One channel's constants and the per-step loads through the index map. kARegs: A's row in registers;
+// at d_state 16 it is read through the cache instead (the registers it would take make the scans spill).
+template <typename T, int kN, bool kARegs = (kN < 16)>
 struct Channel {
   const ScanParams& p;
   int b, k, d;
-  float A[kN];
+  float Areg[kARegs ? kN : 1];
+  const float* Ap;
   float Dv, bias;
   const float* w;  // this channel's Δ weights (stride ws), low rank only
   int ws;
@@ -86,9 +88,14 @@ struct Channel {
       : p(p_), b(b_), k(k_), d(d_), w(w_), ws(ws_) {
     const int64_t c = static_cast<int64_t>(k) * p.Dm + d;
     VSSM_UNROLL
-    for (int n = 0; n < kN; ++n) A[n] = n < p.N ? p.A[c * p.N + n] : 0.f;
+    for (int n = 0; n < (kARegs ? kN : 0); ++n) Areg[n] = n < p.N ? p.A[c * p.N + n] : 0.f;
+    Ap = p.A + c * p.N;
     Dv = p.has_D ? p.D[c] : 0.f;
     bias = p.has_bias ? p.bias[c] : 0.f;
+  }
+  VSSM_DEVICE float A(int n) const {
+    if constexpr (kARegs) return Areg[n];
+    return Ap[n];
   }
   VSSM_DEVICE int64_t pos(int t) const { return p.index[static_cast<int64_t>(k) * p.Lk + t]; }
   VSSM_DEVICE float u(int t, int64_t pos_) const {
@@ -120,7 +127,7 @@ struct Channel {
   VSSM_DEVICE void step(float* h, int t, float dtv, float uv) const {
     VSSM_UNROLL
     for (int n = 0; n < kN; ++n)
-      if (n < p.N) h[n] = expf(dtv * A[n]) * h[n] + dtv * Bv(n, t) * uv;
+      if (n < p.N) h[n] = expf(dtv * A(n)) * h[n] + dtv * Bv(n, t) * uv;
   }
   VSSM_DEVICE void load_state(float* h, const float* src) const {
     VSSM_UNROLL
@@ -143,6 +150,7 @@ struct BlockBK {
 template <typename T, int kN>
 struct ChunkStateBody {
   static constexpr const char* kName = "chunk_state";
+  static constexpr int kMinBlocks = kN >= 16 ? 1 : 2;  // d_state 16: more than 128 registers, no spills
   template <class Ctx>
   VSSM_DEVICE static void run(const Ctx& c, const ScanParams& p, float* smem) {
     const int j = c.bx(), b = c.by() / p.K, k = c.by() % p.K;
@@ -202,6 +210,7 @@ struct ChunkCombineBody {
 template <typename T, int kN>
 struct ChunkOutputBody {
   static constexpr const char* kName = "chunk_output";
+  static constexpr int kMinBlocks = kN >= 16 ? 1 : 2;  // d_state 16: more than 128 registers, no spills
   template <class Ctx>
   VSSM_DEVICE static void run(const Ctx& c, const ScanParams& p, float* smem) {
     const BlockBK bk(c, p);
@@ -274,6 +283,7 @@ struct MapFinalizeBody {
 template <typename T, int kN>
 struct ChunkCarryBody {
   static constexpr const char* kName = "chunk_carry";
+  static constexpr int kMinBlocks = kN >= 16 ? 1 : 2;  // d_state 16: more than 128 registers, no spills
   template <class Ctx>
   VSSM_DEVICE static void run(const Ctx& c, const ScanParams& p, float* smem) {
     const int j = c.bx(), b = c.by() / p.K, k = c.by() % p.K;
@@ -291,7 +301,7 @@ struct ChunkCarryBody {
       const float dtv = ch.dt(ch.delta_in(t));
       VSSM_UNROLL
       for (int n = 0; n < kN; ++n)
-        if (n < p.N) carry[n] = expf(dtv * ch.A[n]) * (gy * ch.Cv(n, t) + carry[n]);
+        if (n < p.N) carry[n] = expf(dtv * ch.A(n)) * (gy * ch.Cv(n, t) + carry[n]);
     }
     const int64_t s = state_slot(p, b, k, j, d);
     VSSM_UNROLL
@@ -340,7 +350,7 @@ template <typename T, int kN>
 struct BackwardMainBody {
   static constexpr const char* kName = "backward_main";
   static constexpr bool kUsesBarrier = true;
-  static constexpr int kMinBlocks = 1;  // up to 255 registers: d_state 16 keeps h, carry, dA and A in registers
+  static constexpr int kMinBlocks = 1;  // up to 255 registers: d_state 16 keeps h, carry and dA in registers
   template <class Ctx>
   VSSM_DEVICE static void run(const Ctx& c, const ScanParams& p, float* smem) {
     const int jslot = c.bx(), tid = c.tid(), nt = c.nthreads();
@@ -423,13 +433,13 @@ struct BackwardMainBody {
               if (n >= N) continue;
               const float hprev = r > 0 ? hs[((r - 1) * N + n) * nt + tid] : ckpt[(sb * N + n) * nt + tid];
               const float hcur = hs[(r * N + n) * nt + tid];
-              const float a = expf(dtv * ch.A[n]);
+              const float a = expf(dtv * ch.A(n));
               const float Bn = ch.Bv(n, t), Cn = ch.Cv(n, t);
               const float gh = gy * Cn + carry[n];
               red[((0 * S + r) * N + n) * W + tid] = gy * hcur;      // dC
               red[((1 * S + r) * N + n) * W + tid] = gh * dtv * uv;  // dB
               du += gh * dtv * Bn;
-              ddt += gh * (ch.A[n] * a * hprev + Bn * uv);
+              ddt += gh * (ch.A(n) * a * hprev + Bn * uv);
               dA[n] += gh * dtv * a * hprev;
               carry[n] = a * gh;
               y += Cn * hcur;

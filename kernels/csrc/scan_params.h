@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define VSSM_HOST_DEVICE __host__ __device__
@@ -97,6 +98,17 @@ struct ScanParams {
 struct Dims {
   unsigned x = 1, y = 1, z = 1;
 };
+
+// Optional traits of a kernel body, C++17 (torch before 2.12 builds extensions as C++17):
+// kMinBlocks (launch bounds: blocks per SM, default 2) and kUsesBarrier (the emulator runs it on fibers).
+template <class Body, class = void>
+struct MinBlocksOf { static constexpr int value = 2; };
+template <class Body>
+struct MinBlocksOf<Body, std::void_t<decltype(Body::kMinBlocks)>> { static constexpr int value = Body::kMinBlocks; };
+template <class Body, class = void>
+struct UsesBarrier { static constexpr bool value = false; };
+template <class Body>
+struct UsesBarrier<Body, std::void_t<decltype(Body::kUsesBarrier)>> { static constexpr bool value = Body::kUsesBarrier; };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
