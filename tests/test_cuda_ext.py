@@ -451,6 +451,7 @@ def test_schedule_at_the_shapes_models_meet(emulator):
         for launch in s['launches']:
             gx, gy, gz = launch['grid']
             assert 1 <= gx < 2 ** 31 and 1 <= gy <= 65535 and 1 <= gz <= 65535, (what, launch)
+            assert launch['blocks'] * launch['block'][0] == launch['threads'], (what, launch)
             assert launch['block'][0] <= 1024 and launch['smem'] <= 96 * 1024, (what, launch)
 
 

@@ -394,6 +394,7 @@ inline pybind11::dict schedule_dict(const CostModel& m) {
     l["block"] = py::make_tuple(c.launch.block.x, c.launch.block.y, c.launch.block.z);
     l["smem"] = c.launch.smem;
     l["direction"] = c.launch.k;
+    l["blocks"] = int64_t(c.launch.grid.x) * c.launch.grid.y * c.launch.grid.z;
     l["threads"] = c.threads;
     l["bytes"] = c.bytes;
     launches.append(l);
