@@ -277,8 +277,8 @@ def test_emulated_channel_last_strided_and_mixed_dtypes(emulator):
     t = as_float32(t)
     x_dbl = torch.cat([t['delta'], t['B'], t['C']], dim=2).transpose(-1, -2).contiguous()  # (B, K, Lk, R+2N)
     dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)
-    t.update(u=t['u'].transpose(1, 2).contiguous().transpose(1, 2), z=t['z'].transpose(1, 2).contiguous().transpose(1, 2),
-             delta=dts.transpose(-1, -2), B=Bs.transpose(-1, -2), C=Cs.transpose(-1, -2))
+    channel_last = {n: t[n].transpose(1, 2).contiguous().transpose(1, 2) for n in ('u', 'z')}
+    t.update(**channel_last, delta=dts.transpose(-1, -2), B=Bs.transpose(-1, -2), C=Cs.transpose(-1, -2))
     assert t['u'].stride(1) == 1 and t['delta'].stride(2) == 1
     fwd, bwd = _emulated(emulator, chunk=6, tile=2, sub=4)
     out, grads = check_against_reference(lambda t: fwd(t, idx, L, 'mean'), lambda g, t: bwd(g, t, idx, L, 'mean'),

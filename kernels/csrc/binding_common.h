@@ -154,7 +154,8 @@ inline at::Tensor output_like(const at::Tensor& like, bool poison, bool zero) {
 }
 inline at::Tensor output_new(const at::Tensor& like, at::IntArrayRef shape, bool poison, bool zero) {
   if (zero) return at::zeros(shape, like.options());
-  return poison ? at::full(shape, std::numeric_limits<float>::quiet_NaN(), like.options()) : at::empty(shape, like.options());
+  if (poison) return at::full(shape, std::numeric_limits<float>::quiet_NaN(), like.options());
+  return at::empty(shape, like.options());
 }
 
 // Common checks and fields of forward and backward.

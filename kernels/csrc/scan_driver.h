@@ -51,7 +51,8 @@ void run_backward(Dev& dev, ScanParams p) {
   if (p.k >= 0) {
     for (int k = 0; k < p.K; ++k) {  // in order: map accumulators add directions deterministically
       p.k = k;
-      dev.template launch<BackwardMainBody<T, kN>>(Dims{ncs, static_cast<unsigned>(p.slots), 1}, block, p.smem_bytes, p);
+      dev.template launch<BackwardMainBody<T, kN>>(Dims{ncs, static_cast<unsigned>(p.slots), 1}, block, p.smem_bytes,
+                                                   p);
     }
   } else {
     dev.template launch<BackwardMainBody<T, kN>>(Dims{ncs, static_cast<unsigned>(p.slots * p.K), 1}, block,

@@ -418,7 +418,8 @@ struct BackwardMainBody {
           for (int t = s1 - 1; t >= s0; --t) {
             const int r = t - s0;
             if (!active) {
-              for (int n = 0; n < N; ++n) red[((0 * S + r) * N + n) * W + tid] = red[((1 * S + r) * N + n) * W + tid] = 0.f;
+              for (int n = 0; n < N; ++n)
+                red[((0 * S + r) * N + n) * W + tid] = red[((1 * S + r) * N + n) * W + tid] = 0.f;
               if (R > 0) dxs[r * W + tid] = 0.f;
               continue;
             }

@@ -108,7 +108,9 @@ struct MinBlocksOf<Body, std::void_t<decltype(Body::kMinBlocks)>> { static const
 template <class Body, class = void>
 struct UsesBarrier { static constexpr bool value = false; };
 template <class Body>
-struct UsesBarrier<Body, std::void_t<decltype(Body::kUsesBarrier)>> { static constexpr bool value = Body::kUsesBarrier; };
+struct UsesBarrier<Body, std::void_t<decltype(Body::kUsesBarrier)>> {
+  static constexpr bool value = Body::kUsesBarrier;
+};
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

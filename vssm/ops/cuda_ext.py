@@ -113,8 +113,9 @@ def schedule(ext, *, backward, Bt, K, Dm, N, R, Lk, L, merge='sum', seq_u=False,
              has_bias=True, dtype=torch.bfloat16, num_sms=132, full=True, **forced):
     """The launch configuration and cost model the extension would use for one call (no tensors needed):
     a dict with chunk, nchunks, mean_steps, tile, slots, chunk_slots, launches (name, grid, blocks, block, smem,
-    threads, bytes each), bytes, min_bytes, input_bytes, workspace_bytes, passes, scan_threads, lanes_used. ``full``: every direction visits every
-    map position (true of VMamba/Vim/window plans, not atrous). ``forced``: chunk/tile/sub/slots/chunk_slots."""
+    threads, bytes each), bytes, min_bytes, input_bytes, workspace_bytes, passes, scan_threads, lanes_used.
+    ``full``: every direction visits every map position (true of VMamba/Vim/window plans, not atrous).
+    ``forced``: chunk/tile/sub/slots/chunk_slots."""
     elem = torch.finfo(dtype).bits // 8
     return ext.schedule(backward, Bt, K, Dm, N, R, Lk, L, MERGE_CODES[merge], seq_u, has_z, has_D, has_bias, elem,
                         num_sms, full, full, full, forced.get('chunk', 0), forced.get('tile', 0),
