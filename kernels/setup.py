@@ -1,10 +1,19 @@
-"""Build the optional native CUDA backend of vssm's plan scan: `pip install --no-build-isolation ./kernels`.
+"""Build the optional native CUDA backend of vssm's plan scan (module ``vssm_cuda_scan``).
 
-Targets sm_80 and sm_90 (plus PTX for newer GPUs) unless TORCH_CUDA_ARCH_LIST says otherwise; needs the
-CUDA toolkit whose major version matches torch.version.cuda. No GPU is needed to build.
+    MAX_JOBS=16 python -m pip install --no-build-isolation --no-deps --no-index ./kernels
+    cd kernels && MAX_JOBS=16 python setup.py build_ext --inplace      # or: python kernels/setup.py build_ext --inplace
+
+Targets sm_80 and sm_90 (plus PTX for newer GPUs) unless TORCH_CUDA_ARCH_LIST says otherwise; needs the CUDA
+toolkit whose major version matches torch.version.cuda. No GPU is needed to build. The seven translation units
+(the binding, forward and backward per element type) compile in parallel through ninja, MAX_JOBS at a time.
 """
 import os
+import shutil
+import sys
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+os.chdir(HERE)  # sources are relative to this folder (setuptools rejects absolute ones): run from anywhere
 
 # nvcc is often reached through a wrapper script on PATH (/usr/local/bin/nvcc), from which torch guesses a
 # wrong CUDA_HOME (/usr/local); point it at the toolkit before torch reads it
@@ -12,23 +21,34 @@ if not (os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH')) and Path('/u
     os.environ['CUDA_HOME'] = '/usr/local/cuda'
 os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '8.0;9.0+PTX')
 
+# torch compiles in parallel only through ninja; the pip package `ninja` puts it beside the interpreter, which
+# is not always on PATH
+if shutil.which('ninja') is None:
+    try:
+        import ninja
+        os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + os.environ.get('PATH', '')
+    except ImportError:
+        pass
+if shutil.which('ninja') is None:
+    print('vssm-cuda-scan: ninja not found, so the translation units compile one after another '
+          '(pip install ninja for a parallel build)', file=sys.stderr)
+
 from setuptools import setup  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CUDAExtension  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-CSRC = HERE / 'csrc'
-SOURCES = ['binding_cuda.cpp', 'scan_f32.cu', 'scan_f16.cu', 'scan_bf16.cu']
+# the backward units are the slowest: first in line
+SOURCES = ([f'scan_bwd_{t}.cu' for t in ('f32', 'f16', 'bf16')] + ['binding_cuda.cpp']
+           + [f'scan_fwd_{t}.cu' for t in ('f32', 'f16', 'bf16')])
 
 setup(
     name='vssm-cuda-scan',
-    version='0.1.0',
+    version='0.2.0',
     description="Native CUDA kernels for vssm's fused cross-scan selective scan",
     ext_modules=[
         CUDAExtension(
             name='vssm_cuda_scan',
-            # relative paths: setuptools rejects absolute source paths in some versions
-            sources=[os.path.relpath(CSRC / s, HERE) for s in SOURCES],
-            include_dirs=[str(CSRC)],
+            sources=[f'csrc/{s}' for s in SOURCES],
+            include_dirs=[str(HERE / 'csrc')],
             # -g0: Python's default flags add -g, which doubles the compile time of the torch binding
             extra_compile_args={'cxx': ['-O2', '-g0'], 'nvcc': ['-O3', '-lineinfo']},
         )

@@ -14,9 +14,9 @@ struct CudaRunner {
   std::optional<c10::cuda::CUDAGuard> guard;
 
   void check_device(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.is_cuda(), "vssm cuda scan: ", name, " must be a CUDA tensor, got ", t.device());
+    TORCH_CHECK_VALUE(t.is_cuda(), "vssm cuda scan: ", name, " must be a CUDA tensor, got ", t.device());
     if (!guard) guard.emplace(t.device());
-    TORCH_CHECK(t.device() == guard->current_device(), "vssm cuda scan: ", name, " is on ", t.device(),
+    TORCH_CHECK_VALUE(t.device() == guard->current_device(), "vssm cuda scan: ", name, " is on ", t.device(),
                 ", expected every input on ", guard->current_device());
   }
   int num_sms(const at::Tensor& t) {

@@ -9,7 +9,7 @@ struct EmulatorRunner {
   bool poison_scratch = true;
 
   void check_device(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.device().is_cpu(), "vssm scan emulator: ", name, " must be a CPU tensor");
+    TORCH_CHECK_VALUE(t.device().is_cpu(), "vssm scan emulator: ", name, " must be a CPU tensor");
   }
   int num_sms(const at::Tensor&) { return 1; }
   template <typename T>

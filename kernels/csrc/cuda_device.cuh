@@ -35,13 +35,7 @@ struct CudaCtx {
 // a body that needs more registers (the backward main pass, whose occupancy is bounded by its shared
 // memory anyway) declares kMinBlocks = 1.
 template <class Body>
-constexpr int min_blocks() {
-  if constexpr (requires { Body::kMinBlocks; }) return Body::kMinBlocks;
-  return 2;
-}
-
-template <class Body>
-__global__ void __launch_bounds__(256, min_blocks<Body>()) body_kernel(const ScanParams p) {
+__global__ void __launch_bounds__(256, MinBlocksOf<Body>::value) body_kernel(const ScanParams p) {
   extern __shared__ float smem[];
   Body::run(CudaCtx{}, p, smem);
 }

@@ -122,7 +122,7 @@ struct Dev {
             Ctx c{t, nt, static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z)};
             Body::run(c, p, smem.data());
           };
-          if constexpr (requires { Body::kUsesBarrier; }) {
+          if constexpr (UsesBarrier<Body>::value) {
             run_block(blk, nt, body);
           } else {  // no barrier in the body: threads can run one after another without fibers
             for (int t = nt - 1; t >= 0; --t) body(t);

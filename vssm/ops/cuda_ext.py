@@ -5,9 +5,12 @@ this module lazily when the backend 'cuda' is asked for (argument ``backend='cud
 ``VSSM_SCAN_BACKEND=cuda``). Without the extension the import still succeeds, warns once how to build it,
 and registers nothing, so asking for 'cuda' fails with scan's "not available" error.
 
-Same contract as scan.plan_scan_reference. The kernels compute in float32; per-token inputs
-(u, delta, B, C, z) are read in their own dtype when they share one of float32/float16/bfloat16, else
-all are read as float32. float64 inputs go to the reference backend.
+Same contract as scan.plan_scan_reference, low-rank Δ (``delta_weight``) and grouped plans (merge 'group')
+included: Δ is formed inside the kernels and its factors' gradients come back without a (B, K, D, L) dΔ.
+The kernels compute in float32; per-token inputs (u, delta, B, C, z) are read in place, with their strides,
+when they share one of float32/float16/bfloat16, else all are read as float32 copies. float64 inputs go to
+the reference backend. The extension checks its inputs itself (shapes, dtypes, devices, index values), so a
+direct call fails with a clear error too.
 """
 import warnings
 from typing import Optional
@@ -17,9 +20,9 @@ import torch
 from .scan import Backend, _recompute_backward, plan_scan_reference, register_backend
 
 __all__ = ['extension', 'extension_error', 'cuda_plan_scan', 'cuda_plan_scan_backward', 'scan_forward_with',
-           'scan_backward_with']
+           'scan_backward_with', 'schedule', 'MERGE_CODES']
 
-_MERGE_CODES = {'sum': 0, 'mean': 1, 'none': 2}
+MERGE_CODES = {'sum': 0, 'mean': 1, 'none': 2, 'group': 3}
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 try:
@@ -42,27 +45,6 @@ def extension_error() -> Optional[str]:
             f'build it with `pip install --no-build-isolation ./kernels` (docs/cuda_backend.md)')
 
 
-# ------------------------------------------------------------------------------------------ index checks
-
-_CHECKED_INDEXES = {}
-
-
-def _check_index(index: torch.Tensor, length: int) -> None:
-    """Index maps must lie in [-1, length) and visit a position at most once per direction (the kernels
-    write each direction's outputs without atomics). Checked once per index tensor (build_index caches them)."""
-    key = (index.data_ptr(), str(index.device), tuple(index.shape), int(length), index._version)
-    if key in _CHECKED_INDEXES:
-        return
-    ok_range = bool(((index >= -1) & (index < length)).all())
-    srt = index.sort(dim=1).values
-    repeated = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
-    if not ok_range or bool(repeated.any()):
-        raise ValueError(f'index must hold map positions in [0, {length}) or -1, each at most once per direction')
-    if len(_CHECKED_INDEXES) > 1024:
-        _CHECKED_INDEXES.clear()
-    _CHECKED_INDEXES[key] = True
-
-
 # -------------------------------------------------------------------------------------------- wrappers
 
 def _kernel_dtype(*per_token):
@@ -83,47 +65,61 @@ def _has_float64(*tensors):
 
 
 def scan_forward_with(ext, u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
-                      delta_softplus=True, chunk=0, tile=0, num_sms=0):
+                      delta_softplus=True, delta_weight=None, chunk=0, tile=0, num_sms=0):
     """Forward through a module with the extension's interface (the CUDA build, or the CPU emulator in tests).
 
     chunk / tile force the steps per chunk and channels per block (0: chosen from the shape and device)."""
     dt = _kernel_dtype(u, delta, B, C, z)
-    _check_index(index, length)
     out = ext.forward(_as(u, dt), _as(delta, dt), _f32(A), _as(B, dt), _as(C, dt), _f32(D), _as(z, dt),
-                      _f32(delta_bias), index.contiguous(), int(length), _MERGE_CODES[merge], bool(delta_softplus),
-                      chunk, tile, num_sms)
+                      _f32(delta_bias), _f32(delta_weight), index.contiguous(), int(length), MERGE_CODES[merge],
+                      bool(delta_softplus), chunk, tile, num_sms)
     return _as(out, u.dtype)
 
 
 def scan_backward_with(ext, grad_out, u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length,
-                       merge='sum', delta_softplus=True, chunk=0, tile=0, sub=0, num_sms=0):
-    """Gradients (u, delta, A, B, C, D, z, delta_bias), None for absent inputs, each in its input's dtype."""
+                       merge='sum', delta_softplus=True, delta_weight=None, chunk=0, tile=0, sub=0, slots=0,
+                       chunk_slots=0, num_sms=0):
+    """Gradients (u, delta, A, B, C, D, z, delta_bias[, delta_weight]), None for absent inputs, each in its
+    input's dtype; grad_out is read with its own strides. delta_weight's gradient is appended when given."""
     dt = _kernel_dtype(u, delta, B, C, z)
-    _check_index(index, length)
-    grads = ext.backward(_as(grad_out, dt).contiguous(), _as(u, dt), _as(delta, dt), _f32(A), _as(B, dt), _as(C, dt), _f32(D),
-                         _as(z, dt), _f32(delta_bias), index.contiguous(), int(length), _MERGE_CODES[merge],
-                         bool(delta_softplus), chunk, tile, sub, num_sms)
-    inputs = (u, delta, A, B, C, D, z, delta_bias)
-    return [None if t is None else _as(g, t.dtype) for g, t in zip(grads, inputs)]
+    grads = ext.backward(_as(grad_out, dt), _as(u, dt), _as(delta, dt), _f32(A), _as(B, dt), _as(C, dt), _f32(D),
+                         _as(z, dt), _f32(delta_bias), _f32(delta_weight), index.contiguous(), int(length),
+                         MERGE_CODES[merge], bool(delta_softplus), chunk, tile, sub, slots, chunk_slots, num_sms)
+    inputs = (u, delta, A, B, C, D, z, delta_bias, delta_weight)
+    grads = [None if t is None else _as(g, t.dtype) for g, t in zip(grads, inputs)]
+    return grads if delta_weight is not None else grads[:8]
 
 
 def cuda_plan_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
-                   delta_softplus=True):
+                   delta_softplus=True, delta_weight=None):
     """The 'cuda' backend's forward (same contract as plan_scan_reference)."""
-    if _has_float64(u, delta, A, B, C, D, z, delta_bias):
+    if _has_float64(u, delta, A, B, C, D, z, delta_bias, delta_weight):
         return plan_scan_reference(u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
-                                   delta_softplus=delta_softplus)
+                                   delta_softplus=delta_softplus, delta_weight=delta_weight)
     return scan_forward_with(_EXT, u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
-                             delta_softplus=delta_softplus)
+                             delta_softplus=delta_softplus, delta_weight=delta_weight)
 
 
 def cuda_plan_scan_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length,
-                            merge='sum', delta_softplus=True):
-    inputs = (u, delta, A, B, C, D, z, delta_bias)
+                            merge='sum', delta_softplus=True, delta_weight=None):
+    inputs = (u, delta, A, B, C, D, z, delta_bias) + ((delta_weight,) if delta_weight is not None else ())
     if _has_float64(*inputs):
         return _recompute_backward(plan_scan_reference, grad_out, inputs, index, length, merge, delta_softplus)
-    return scan_backward_with(_EXT, grad_out, *inputs, index=index, length=length, merge=merge,
-                              delta_softplus=delta_softplus)
+    return scan_backward_with(_EXT, grad_out, u, delta, A, B, C, D, z, delta_bias, index=index, length=length,
+                              merge=merge, delta_softplus=delta_softplus, delta_weight=delta_weight)
+
+
+def schedule(ext, *, backward, Bt, K, Dm, N, R, Lk, L, merge='sum', seq_u=False, has_z=False, has_D=True,
+             has_bias=True, dtype=torch.bfloat16, num_sms=132, full=True, **forced):
+    """The launch configuration and cost model the extension would use for one call (no tensors needed):
+    a dict with chunk, nchunks, mean_steps, tile, slots, chunk_slots, launches (name, grid, blocks, block, smem,
+    threads, bytes each), bytes, min_bytes, input_bytes, workspace_bytes, passes, scan_threads, lanes_used.
+    ``full``: every direction visits every map position (true of VMamba/Vim/window plans, not atrous).
+    ``forced``: chunk/tile/sub/slots/chunk_slots."""
+    elem = torch.finfo(dtype).bits // 8
+    return ext.schedule(backward, Bt, K, Dm, N, R, Lk, L, MERGE_CODES[merge], seq_u, has_z, has_D, has_bias, elem,
+                        num_sms, full, full, full, forced.get('chunk', 0), forced.get('tile', 0),
+                        forced.get('sub', 0), forced.get('slots', 0), forced.get('chunk_slots', 0))
 
 
 def _supports(device) -> bool:
@@ -132,6 +128,7 @@ def _supports(device) -> bool:
 
 if _EXT is not None:
     register_backend('cuda', Backend(cuda_plan_scan, backward=cuda_plan_scan_backward,
-                                     differentiable=plan_scan_reference, supports=_supports))
+                                     differentiable=plan_scan_reference, supports=_supports, low_rank=True,
+                                     grouped=True))
 else:
     warnings.warn(f'vssm: scan backend "cuda" is unavailable: {extension_error()}', stacklevel=2)

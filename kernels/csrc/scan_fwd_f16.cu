@@ -1,0 +1,4 @@
+// Forward launcher for float16 inputs (one translation unit per pass and element type).
+#include "scan_launch.cuh"
+
+VSSM_DEFINE_LAUNCHER(cuda_forward_f16, dispatch_forward, __half)
