@@ -376,10 +376,10 @@ std::vector<at::Tensor> scan_backward(Runner& r, const at::Tensor& gout, const a
 
   // partials summed over batch slots and chunks by torch's (deterministic) reductions
   at::Tensor empty = u.new_empty({0});
-  at::Tensor dA = dA_part.sum({0, 2}).reshape({KD, p.N});
-  at::Tensor dD = p.has_D ? dD_part.sum({0, 2}).reshape({KD}) : empty;
-  at::Tensor dbias = p.has_bias ? dbias_part.sum({0, 2}).reshape({KD}) : empty;
-  at::Tensor dW = p.R > 0 ? dW_part.sum({0, 2}) : empty;
+  at::Tensor dA = dA_part.sum(at::IntArrayRef{0, 2}).reshape({KD, p.N});
+  at::Tensor dD = p.has_D ? dD_part.sum(at::IntArrayRef{0, 2}).reshape({KD}) : empty;
+  at::Tensor dbias = p.has_bias ? dbias_part.sum(at::IntArrayRef{0, 2}).reshape({KD}) : empty;
+  at::Tensor dW = p.R > 0 ? dW_part.sum(at::IntArrayRef{0, 2}) : empty;
   return {du, ddelta, dA, dB, dC, dD, p.has_z ? dz : empty, dbias, dW};
 }
 
