@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 __all__ = ['ScanConfig', 'PlanGroups', 'ScanProblem', 'LaunchPlan', 'Pass', 'build_plan_groups', 'plan_groups',
-           'plan_launch', 'MAX_GRID_X', 'ACC_NONE', 'ACC_INPLACE', 'ACC_SPLIT', 'ACC_SCRATCH',
+           'plan_launch', 'input_bytes', 'workspace', 'MAX_GRID_X', 'ACC_NONE', 'ACC_INPLACE', 'ACC_SPLIT', 'ACC_SCRATCH',
            'MODE_DIRECT', 'MODE_STORE', 'MODE_ADD', 'MODE_FINAL']
 
 MAX_GRID_X = 2 ** 31 - 1  # CUDA's limit on grid dimension x (every launch here is a 1D grid)
@@ -54,9 +54,9 @@ class ScanConfig:
     param_grad_num_warps: int = 4  # parameter-gradient kernel (8 warps made ptxas cap it at 128 registers and spill)
     carry_block: int = 32  # links (segments / chunks) per step of the carry scan
     min_programs: Optional[int] = None  # programs wanted per launch; None: 2 per SM on CUDA, 1 elsewhere
-    # adjustable workspace (parameter-gradient partials, channel-split partials): at most this fraction of
-    # the op's input bytes
-    workspace_budget: float = 0.5
+    # adjustable workspace (channel-split partials, then parameter-gradient partials): at most this fraction of
+    # the op's input bytes; the fixed workspace (states, accumulators) stays below about 1x on its own
+    workspace_budget: float = 1.0
     segments: Optional[int] = None  # force forward segments per direction
     param_groups: Optional[int] = None  # force work groups of the parameter-gradient kernel
     channel_splits: Optional[int] = None  # force channel splits of the sequence-gradient kernel
@@ -221,6 +221,19 @@ def _ceil(a, b):
     return -(-a // b)
 
 
+WORKSPACE_CAP = 1.8  # the adjustable workspace stops where the total would pass this many input bytes
+
+
+def _acc_bytes(kind: int, batch: int, length: int, channels: int) -> int:
+    return {ACC_SPLIT: batch * length * channels * 2, ACC_SCRATCH: batch * length * channels * 4}.get(kind, 0)
+
+
+def _fixed_bwd_workspace(p: 'ScanProblem', g: 'PlanGroups', nch: int, du_acc: int, w_acc: int) -> int:
+    states = p.batch * g.K * nch * (2 * p.d_state + 1) * p.channels * 4 if nch > 1 else 0
+    return (states + _acc_bytes(du_acc, p.batch, g.length, p.channels)
+            + (_acc_bytes(w_acc, p.batch, g.length, p.channels) if p.has_z else 0))
+
+
 def input_bytes(groups: PlanGroups, p: ScanProblem) -> int:
     """Bytes of every tensor the op takes (the index map aside)."""
     K, Lk, L, Dm, N = groups.K, groups.Lk, groups.length, p.channels, p.d_state
@@ -232,6 +245,31 @@ def input_bytes(groups: PlanGroups, p: ScanProblem) -> int:
     z = Bt * u_ch * L * p.z_bytes if p.has_z else 0
     params = K * Dm * (N + int(p.has_D) + int(p.has_bias) + p.rank) * p.param_bytes
     return u + delta + bc + z + params
+
+
+def workspace(plan: 'LaunchPlan'):
+    """Scratch bytes the backend allocates, {name: bytes} for the forward and for the backward (the op's
+    outputs and gradients are not counted). triton_scan allocates exactly these (tests compare)."""
+    p, g = plan.problem, plan.groups
+    Bt, K, Dm, N, R, L, Lk = p.batch, g.K, p.channels, p.d_state, p.rank, g.length, g.Lk
+    f32 = 4
+
+    def acc(kind, elem):
+        return _acc_bytes(kind, Bt, L, Dm)
+
+    fwd = {}
+    if plan.fwd_states:
+        fwd['segment states'] = Bt * K * plan.fwd_segments * (N + 1) * Dm * f32
+    fwd['output accumulator'] = acc(plan.out_acc, p.u_bytes)
+    bwd = {}
+    if plan.bwd_states:
+        bwd['chunk states + adjoints'] = Bt * K * plan.n_chunks * (2 * N + 1) * Dm * f32
+    bwd['du accumulator'] = acc(plan.du_acc, p.u_bytes)
+    bwd['dz accumulator'] = acc(plan.w_acc, p.z_bytes) if p.has_z else 0
+    if plan.channel_splits > 1:
+        bwd['channel-split partials'] = plan.channel_splits * Bt * K * (2 * N + R) * Lk * f32
+    bwd['parameter partials'] = plan.param_groups * K * Dm * (N + 2 + R) * f32
+    return ({k: v for k, v in fwd.items() if v}, {k: v for k, v in bwd.items() if v})
 
 
 @lru_cache(maxsize=256)
@@ -272,26 +310,27 @@ def plan_launch(groups: PlanGroups, problem: ScanProblem, cfg: ScanConfig, targe
         w_modes, w_acc, w_zero = [MODE_DIRECT] * len(bwd_runs), ACC_NONE, False
     bwd = tuple((k0, k1, dm_, wm) for (k0, k1), dm_, wm in zip(bwd_runs, du_modes, w_modes))
 
-    # adjustable workspace: channel-split partials of the sequence-gradient kernel, then parameter partials
-    budget = cfg.workspace_budget * input_bytes(groups, p)
+    # adjustable workspace: channel-split partials of the sequence-gradient kernel, then parameter partials;
+    # within cfg.workspace_budget x the input bytes and never past WORKSPACE_CAP x with the fixed workspace
+    inputs = input_bytes(groups, p)
+    fixed = _fixed_bwd_workspace(p, groups, nch, du_acc, w_acc)
+    budget = max(0.0, min(cfg.workspace_budget * inputs, WORKSPACE_CAP * inputs - fixed))
     smallest_bwd = min(k1 - k0 for k0, k1 in bwd_runs)
-    seq_rows = 2 * N + R  # dB, dC and d(dts) rows per step
-    split_bytes = Bt * K * seq_rows * Lk * 4  # one channel split's fp32 partials
+    split_bytes = Bt * K * (2 * N + R) * Lk * 4  # one channel split's fp32 partials (dB, dC, d(dts) rows)
     if cfg.channel_splits is not None:
         ncs = cfg.channel_splits
     else:
         ncs = _ceil(T, Bt * smallest_bwd * nch)
-        if ncs > 1:
+        if ncs > 1:  # at most half the budget
             ncs = min(ncs, int(0.5 * budget // split_bytes))
     ncs = min(max(1, ncs), nd)
     used = split_bytes * ncs if ncs > 1 else 0
-    param_cols = N + int(p.has_D) + int(p.has_bias) + R
-    group_bytes = K * Dm * param_cols * 4
+    group_bytes = K * Dm * (N + 2 + R) * 4  # one work group's dA, dD, dΔ-bias, d(delta_weight) partials
     items = Bt * nch
     if cfg.param_groups is not None:
         npg = cfg.param_groups
     else:
-        npg = min(_ceil(T, K * nd), max(1, int((budget - used) // group_bytes)))
+        npg = min(_ceil(T, K * nd), int((budget - used) // group_bytes))
     npg = min(max(1, npg), items)
     per_group = _ceil(items, npg)
     npg = _ceil(items, per_group)

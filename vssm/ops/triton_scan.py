@@ -26,6 +26,7 @@ rank-R factor and delta_weight, formed in registers; ``grouped``: merge='group')
 """
 import contextlib
 import os
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Optional
 
@@ -39,12 +40,13 @@ from ._triton_schedule import (ACC_INPLACE, ACC_SCRATCH, ACC_SPLIT, ScanConfig, 
 from .scan import Backend, _recompute_backward, expand_delta, plan_scan_reference, register_backend
 
 __all__ = ['TritonScanConfig', 'config', 'get_config', 'triton_plan_scan', 'triton_plan_scan_backward',
-           'supports_device', 'last_workspace_bytes']
+           'supports_device', 'last_workspace_bytes', 'last_plan']
 
 TritonScanConfig = ScanConfig  # block sizes and work splits (see _triton_schedule.ScanConfig)
 _CONFIG = ScanConfig()
-# bytes of scratch the last forward / backward call allocated (tests compare it with the cost model)
+# the plan and the scratch bytes of the last forward / backward call (tests compare them with the cost model)
 last_workspace_bytes = {'forward': 0, 'backward': 0}
+last_plan = {'forward': None, 'backward': None}
 
 
 def get_config() -> ScanConfig:
@@ -147,19 +149,22 @@ class _Call:
         return _map_strides(t, self.Dm if self.merge == 'group' else 0)
 
 
-_INT32_INDEX = {}
+_INT32_INDEX: 'OrderedDict[tuple, tuple]' = OrderedDict()
+_INT32_INDEX_SIZE = 64  # least recently used dropped first
 
 
 def _int32_index(index: torch.Tensor) -> torch.Tensor:
-    # the kernels read int32 positions; one copy per index tensor (index maps are cached by plans.build_index)
+    # the kernels read int32 positions; one copy per index tensor (index maps are cached by plans.build_index;
+    # the entry keeps the tensor alive so its address cannot be reused by another map)
     key = (index.data_ptr(), index._version, tuple(index.shape), str(index.device))
     hit = _INT32_INDEX.get(key)
     if hit is not None and hit[0] is index:
+        _INT32_INDEX.move_to_end(key)
         return hit[1]
-    if len(_INT32_INDEX) > 64:
-        _INT32_INDEX.clear()
     out = index.to(torch.int32).contiguous()
     _INT32_INDEX[key] = (index, out)
+    while len(_INT32_INDEX) > _INT32_INDEX_SIZE:
+        _INT32_INDEX.popitem(last=False)
     return out
 
 
@@ -237,7 +242,7 @@ def triton_plan_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, inde
         )
     if p.out_acc == ACC_SCRATCH:  # runs that skip positions: finish the float32 sum here
         out.copy_((acc.transpose(1, 2) * c.scale * _gate(z)).to(out.dtype))
-    last_workspace_bytes['forward'] = c.workspace
+    last_workspace_bytes['forward'], last_plan['forward'] = c.workspace, p
     return out
 
 
@@ -313,7 +318,7 @@ def triton_plan_scan_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta
         SEQ_U=c.seq_u, HAS_Z=z is not None, STATES=p.bwd_states, num_warps=c.cfg.param_grad_num_warps,
         **c.consts,
     )
-    last_workspace_bytes['backward'] = c.workspace
+    last_workspace_bytes['backward'], last_plan['backward'] = c.workspace, p
     grads = [
         du, ddelta, pA.sum(0).to(A.dtype), dB, dC,
         pD.sum(0).to(D.dtype) if D is not None else None,
