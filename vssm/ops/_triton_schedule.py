@@ -49,9 +49,12 @@ class ScanConfig:
     ahead of time with ptxas); they are not tuned by measurement yet."""
     block_t: int = 32  # steps per chunk: one parallel scan
     block_d: int = 16  # channels per tile
-    num_warps: int = 4  # forward, state and carry kernels
+    # warps per kernel: the fewest that keep every kernel free of stack (spills) on sm_90 at d_state 1..16,
+    # rank 6..48 (ptxas through Triton; tests/test_triton_scan.py::test_kernels_compile_for_sm90)
+    num_warps: int = 4  # forward and carry kernels
+    state_num_warps: int = 8  # segment-state and adjoint-state kernels (4 warps: ptxas picks 64 registers, spills)
     seq_grad_num_warps: int = 8  # sequence-gradient kernel (about twice the live tiles)
-    param_grad_num_warps: int = 4  # parameter-gradient kernel (8 warps made ptxas cap it at 128 registers and spill)
+    param_grad_num_warps: int = 4  # parameter-gradient kernel (8 warps: ptxas caps it at 128 registers, spills)
     carry_block: int = 32  # links (segments / chunks) per step of the carry scan
     min_programs: Optional[int] = None  # programs wanted per launch; None: 2 per SM on CUDA, 1 elsewhere
     # adjustable workspace (channel-split partials, then parameter-gradient partials): at most this fraction of

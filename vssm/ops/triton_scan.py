@@ -198,7 +198,7 @@ def _chunk_states(c: _Call, u, delta, A, B, n_links: int, steps: int):
     nd = c.plan.n_dblocks
     kernels.segment_state_kernel[(c.Bt * c.K * n_links * nd,)](
         u, delta, c.W, c.bias, A, B, c.index, hend, sdt, nd, c.K, n_links, c.Dm, c.Lk, steps, c.R,
-        *c.su, *c.sd, *c.sw, *c.sA, *c.sB, SEQ_U=c.seq_u, num_warps=c.cfg.num_warps,
+        *c.su, *c.sd, *c.sw, *c.sA, *c.sB, SEQ_U=c.seq_u, num_warps=c.cfg.state_num_warps,
         **c.consts,
     )
     _carry(c, A, sdt, hend, n_links, reverse=False)
@@ -263,7 +263,8 @@ def triton_plan_scan_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta
         lam = c.scratch(Bt, K * nch, N, Dm, device=dev)
         kernels.adjoint_state_kernel[(Bt * K * nch * nd,)](
             delta, c.W, c.bias, A, C, c.z, grad_out, c.index, lam, nd, K, nch, Dm, c.Lk, c.R, c.scale,
-            *c.sd, *c.sw, *c.sA, *c.sC, *c.sz, *sg, HAS_Z=z is not None, num_warps=c.cfg.num_warps, **c.consts,
+            *c.sd, *c.sw, *c.sA, *c.sC, *c.sz, *sg, HAS_Z=z is not None, num_warps=c.cfg.state_num_warps,
+            **c.consts,
         )
         _carry(c, A, sdt, lam, nch, reverse=True)
     else:
