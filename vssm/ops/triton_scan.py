@@ -126,16 +126,15 @@ class _Call:
         self.sB, self.sC = B.stride(), C.stride()
         placeholder = u
         self.W = delta_weight if delta_weight is not None else placeholder
-        self.bias = delta_bias if delta_bias is not None else placeholder
-        self.Dv = D if D is not None else placeholder
+        # D and Δ-bias are read as contiguous (K*D,) vectors (a copy of K*D floats at most)
+        self.bias = delta_bias.contiguous() if delta_bias is not None else placeholder
+        self.Dv = D.contiguous() if D is not None else placeholder
         self.z = z if z is not None else placeholder
         self.workspace = 0
         self.consts = dict(
             N=N, NP=_pow2(N, 2), RP=_pow2(R, 2), BD=cfg.block_d, BT=cfg.block_t, LOW_RANK=delta_weight is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         )
-        if delta_bias is not None and delta_bias.stride(0) != 1 or D is not None and D.stride(0) != 1:
-            raise ValueError('the triton scan reads D and delta_bias as contiguous vectors')
 
     def scratch(self, *shape, dtype=torch.float32, zero=False, device):
         t = (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
