@@ -191,7 +191,8 @@ def segment_state_kernel(
         pos = tl.load(index_ptr + k * Lk + t, mask=tm, other=-1)
         valid = tm & (pos >= 0)
         x = _load_x(u_ptr, b, k, d, dm, t, tm, pos, valid, su_b, su_k, su_d, su_l, SEQ_U)
-        raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT, LOW_RANK)
+        raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT,
+                    LOW_RANK)
         raw, dt = _dt(raw, bias, dm[:, None] & tm[None, :], SOFTPLUS)
         sdt += tl.sum(dt, 1)
         dtx = dt * x
@@ -289,7 +290,8 @@ def forward_kernel(
         pos = tl.load(index_ptr + k * Lk + t, mask=tm, other=-1)
         valid = tm & (pos >= 0)
         x = _load_x(u_ptr, b, k, d, dm, t, tm, pos, valid, su_b, su_k, su_d, su_l, SEQ_U)
-        raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT, LOW_RANK)
+        raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT,
+                    LOW_RANK)
         raw, dt = _dt(raw, bias, dm[:, None] & tm[None, :], SOFTPLUS)
         dtx = dt * x
         y = Dv[:, None] * x
@@ -345,7 +347,8 @@ def adjoint_state_kernel(
         bias = tl.load(bias_ptr + k * Dm + d, mask=dm, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros([BD], dtype=tl.float32)
-    raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT, LOW_RANK)
+    raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT,
+                    LOW_RANK)
     raw, dt = _dt(raw, bias, dm[:, None] & tm[None, :], SOFTPLUS)
     raw_n = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t + 1, t + 1 < e, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R,
                          BD, BT, LOW_RANK)
@@ -419,7 +422,8 @@ def sequence_grad_kernel(
         else:
             bias = tl.zeros([BD], dtype=tl.float32)
         x = _load_x(u_ptr, b, k, d, dm, t, tm, pos, valid, su_b, su_k, su_d, su_l, SEQ_U)
-        raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT, LOW_RANK)
+        raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT,
+                    LOW_RANK)
         raw, dt = _dt(raw, bias, m2, SOFTPLUS)
         raw_n = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t + 1, t + 1 < e, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R,
                          BD, BT, LOW_RANK)
@@ -546,7 +550,8 @@ def param_grad_kernel(
             h0 = tl.zeros([BD, NP], dtype=tl.float32)
             lam = tl.zeros([BD, NP], dtype=tl.float32)
         x = _load_x(u_ptr, b, k, d, dm, t, tm, pos, valid, su_b, su_k, su_d, su_l, SEQ_U)
-        raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT, LOW_RANK)
+        raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT,
+                    LOW_RANK)
         raw, dt = _dt(raw, bias, m2, SOFTPLUS)
         raw_n = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t + 1, t + 1 < e, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R,
                          BD, BT, LOW_RANK)

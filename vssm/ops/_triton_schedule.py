@@ -16,7 +16,6 @@ Chunks never depend on batch or map size: a chunk is ``block_t`` consecutive ste
 (the last one shorter). Parallelism comes from splitting each direction into segments (forward) and from
 one program per chunk (backward), never from shortening chunks.
 """
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,7 +25,8 @@ import numpy as np
 import torch
 
 __all__ = ['ScanConfig', 'PlanGroups', 'ScanProblem', 'LaunchPlan', 'Pass', 'build_plan_groups', 'plan_groups',
-           'plan_launch', 'input_bytes', 'workspace', 'MAX_GRID_X', 'ACC_NONE', 'ACC_INPLACE', 'ACC_SPLIT', 'ACC_SCRATCH',
+           'plan_launch', 'input_bytes', 'workspace', 'MAX_GRID_X', 'ACC_NONE', 'ACC_INPLACE', 'ACC_SPLIT',
+           'ACC_SCRATCH',
            'MODE_DIRECT', 'MODE_STORE', 'MODE_ADD', 'MODE_FINAL']
 
 MAX_GRID_X = 2 ** 31 - 1  # CUDA's limit on grid dimension x (every launch here is a 1D grid)
@@ -348,6 +348,10 @@ def plan_launch(groups: PlanGroups, problem: ScanProblem, cfg: ScanConfig, targe
                        Pass('adjoint_state', Bt * K * nch * nd), Pass('carry', Bt * K * nd)]
     bwd_passes += [Pass('sequence_grad', Bt * smallest_bwd * nch * ncs, len(bwd)),
                    Pass('param_grad', K * nd * npg)]
+    largest = max(Bt * K * nseg * nd, Bt * K * nch * nd, Bt * K * nch * ncs)  # any launch's 1D grid is at most this
+    if largest > MAX_GRID_X:
+        raise ValueError(f'the fused scan would launch {largest} programs, above CUDA\'s grid limit {MAX_GRID_X}; '
+                         f'split the batch ({Bt}) into smaller calls')
     return LaunchPlan(
         groups=groups, problem=p, block_t=BT, block_d=BD, n_dblocks=nd, n_chunks=nch, fwd_segment_chunks=seg_chunks,
         fwd_segments=nseg, fwd_runs=fwd, out_acc=out_acc, out_zero_fill=out_zero, bwd_runs=bwd, du_acc=du_acc,

@@ -35,9 +35,8 @@ import torch.nn.functional as F
 import triton
 
 from . import _triton_kernels as kernels
-from ._triton_schedule import (ACC_INPLACE, ACC_SCRATCH, ACC_SPLIT, ScanConfig, ScanProblem, plan_groups,
-                               plan_launch)
-from .scan import Backend, _recompute_backward, expand_delta, plan_scan_reference, register_backend
+from ._triton_schedule import ACC_SCRATCH, ACC_SPLIT, ScanConfig, ScanProblem, plan_groups, plan_launch
+from .scan import Backend, _recompute_backward, plan_scan_reference, register_backend
 
 __all__ = ['TritonScanConfig', 'config', 'get_config', 'triton_plan_scan', 'triton_plan_scan_backward',
            'supports_device', 'last_workspace_bytes', 'last_plan']
