@@ -277,6 +277,8 @@ def workspace(plan: 'LaunchPlan'):
 
 @lru_cache(maxsize=256)
 def plan_launch(groups: PlanGroups, problem: ScanProblem, cfg: ScanConfig, target_programs: int) -> LaunchPlan:
+    """The launches of one call: chunking, forward segments, runs and their write modes, backward work splits.
+    ``target_programs``: programs wanted per launch (2 per SM on a GPU)."""
     p = problem
     K, Lk, Dm, N, R, Bt = groups.K, groups.Lk, p.channels, p.d_state, p.rank, p.batch
     T = max(1, target_programs)
