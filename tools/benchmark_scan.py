@@ -1,24 +1,29 @@
 #!/usr/bin/env python
-"""Time the plan scan per layer shape: fused Triton kernel vs unfused paths, against the memory roofline.
+"""Time the plan scan per layer shape: fused Triton kernel vs unfused paths, against the memory roofline,
+with the fused kernel's cost model (vssm/ops/scan_cost.py) per shape.
 
 For each layer shape of VMamba-T (s1l8), Vim-S, LocalVMamba-T and EfficientVMamba-T, at 224x224 with batch
 128 (`--shape-set cls224`, the default) or at the stage maps of an 800x1333 detection input with batch 2
 (`--shape-set det800`), it times forward and forward+backward of
 
-  fused          vssm's Triton backend: reads the map through the plan's index, scans, merges (one op)
+  fused          vssm's Triton backend: reads the map through the plan's index, forms Δ in registers from its
+                 low-rank factor, scans, merges (one op)
   cuda           vssm's native CUDA C++ backend (kernels/), the same fused op, when the extension is built
   unfused        cross-scan copy + scan + merge in PyTorch (vssm's 'fast' backend)
   unfused-triton cross-scan copy (torch) + the same Triton scan on the copies + torch merge: isolates fusion
-  mamba_ssm      torch cross-scan + mamba_ssm's selective_scan_fn (CUDA) + torch merge, when importable
+  mamba_ssm      torch cross-scan + full Δ + mamba_ssm's selective_scan_fn (CUDA) + torch merge, when importable
 
-and prints achieved bytes/s, where bytes is the fused minimum (DESIGN.md section 2: u read once, delta
-K*D*L, B and C 2*K*N*L in the input dtype, y written once; z read when the layer has one; backward adds
-reading the inputs and output gradient and writing the input gradients once), as a fraction of the
-device's copy bandwidth measured here (a large tensor copy: read + write).
+Δ is passed in the low-rank form the models use (its rank-R factor and the (K, D, R) dt_proj weight), or
+with ``--delta full`` as a full (B, K, D, L) tensor. Achieved bytes/s count the fused minimum (every input
+read once, every output written once: u, Δ's factor K*R*L or full Δ K*D*L, B and C 2*K*N*L, z, y; backward
+adds reading the inputs and output gradient and writing one gradient per input), as a fraction of the
+device's copy bandwidth measured here (a large tensor copy: read + write). Each row also prints the cost
+model's bytes (what the kernels move) and launch shape.
 
     python tools/benchmark_scan.py                      # CUDA, float16, batch 128
-    python tools/benchmark_scan.py --csv scan.csv --dtype bfloat16 --models vmamba_t vim_s
+    python tools/benchmark_scan.py --csv scan.csv --dtype bfloat16 --models vmamba_t vim_s --delta both
     python tools/benchmark_scan.py --shape-set det800 --impls fused cuda unfused --skip-missing
+    python tools/benchmark_scan.py --schedule           # the cost-model table of docs/scan_kernel.md (CPU, no GPU)
     TRITON_INTERPRET=1 python tools/benchmark_scan.py --device cpu --smoke   # tiny shapes, seconds
 """
 import argparse
@@ -38,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vssm.ops import build_index, cross_merge, cross_scan, plan_selective_scan  # noqa: E402
+from vssm.ops import build_index, cross_merge, cross_scan, expand_delta, plan_selective_scan  # noqa: E402
+from vssm.ops.scan_cost import format_cost_table, layer_cost  # noqa: E402
 
 NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
 
@@ -53,6 +59,7 @@ class LayerShape:
     channels: int  # d_inner of the scan
     d_state: int
     merge: str
+    rank: int  # dt_rank = ceil(model dim / 16): the rank of Δ's low-rank form
     seq_u: bool = False  # per-direction sequences (Vim: each direction has its own conv1d)
     with_z: bool = False  # gate inside the scan (Vim); VMamba-family SS2D gates after out_norm
 
@@ -65,6 +72,10 @@ def _dirs(text: str) -> Tuple[str, ...]:
     return tuple(text.split())
 
 
+def _rank(dim: int) -> int:
+    return math.ceil(dim / 16)
+
+
 # 224x224 input. Widths and state sizes from DESIGN.md section 3:
 #  VMamba-T s1l8: dims 96..768, ssm_ratio 1 (d_inner = dim), d_state 1, maps 56/28/14/7, no z in the scan.
 #  Vim-S: embed 384, expand 2 (d_inner 768), d_state 16, 196 patches + cls token, forward + flipped, mean.
@@ -72,21 +83,55 @@ def _dirs(text: str) -> Tuple[str, ...]:
 #    stage, from vssm/models/localmamba.py), per-direction outputs ('none') gated and summed outside.
 #  EfficientVMamba-T: dims 48/96 in the two EVSS stages, ssm_ratio 2, d_state 16, atrous step 2 (scatter).
 LAYERS = [
-    LayerShape('vmamba_t', 's1', VMAMBA, 56, 56, 96, 1, 'sum'),
-    LayerShape('vmamba_t', 's2', VMAMBA, 28, 28, 192, 1, 'sum'),
-    LayerShape('vmamba_t', 's3', VMAMBA, 14, 14, 384, 1, 'sum'),
-    LayerShape('vmamba_t', 's4', VMAMBA, 7, 7, 768, 1, 'sum'),
-    LayerShape('vim_s', 'all', ('h', 'h_flip'), 1, 197, 768, 16, 'mean', seq_u=True, with_z=True),
-    LayerShape('localvmamba_t', 's1', _dirs('h h_flip w7 w7_flip'), 56, 56, 192, 16, 'none'),
-    LayerShape('localvmamba_t', 's2', _dirs('h_flip v_flip w2_flip w7'), 28, 28, 384, 16, 'none'),
-    LayerShape('localvmamba_t', 's3', _dirs('h h_flip v_flip w2_flip'), 14, 14, 768, 16, 'none'),
-    LayerShape('localvmamba_t', 's4', _dirs('h_flip v_flip w2_flip w7_flip'), 7, 7, 1536, 16, 'none'),
-    LayerShape('efficientvmamba_t', 's1', ATROUS, 56, 56, 96, 16, 'sum'),
-    LayerShape('efficientvmamba_t', 's2', ATROUS, 28, 28, 192, 16, 'sum'),
+    LayerShape('vmamba_t', 's1', VMAMBA, 56, 56, 96, 1, 'sum', _rank(96)),
+    LayerShape('vmamba_t', 's2', VMAMBA, 28, 28, 192, 1, 'sum', _rank(192)),
+    LayerShape('vmamba_t', 's3', VMAMBA, 14, 14, 384, 1, 'sum', _rank(384)),
+    LayerShape('vmamba_t', 's4', VMAMBA, 7, 7, 768, 1, 'sum', _rank(768)),
+    LayerShape('vim_s', 'all', ('h', 'h_flip'), 1, 197, 768, 16, 'mean', _rank(384), seq_u=True, with_z=True),
+    LayerShape('localvmamba_t', 's1', _dirs('h h_flip w7 w7_flip'), 56, 56, 192, 16, 'none', _rank(96)),
+    LayerShape('localvmamba_t', 's2', _dirs('h_flip v_flip w2_flip w7'), 28, 28, 384, 16, 'none', _rank(192)),
+    LayerShape('localvmamba_t', 's3', _dirs('h h_flip v_flip w2_flip'), 14, 14, 768, 16, 'none', _rank(384)),
+    LayerShape('localvmamba_t', 's4', _dirs('h_flip v_flip w2_flip w7_flip'), 7, 7, 1536, 16, 'none', _rank(768)),
+    LayerShape('efficientvmamba_t', 's1', ATROUS, 56, 56, 96, 16, 'sum', _rank(48)),
+    LayerShape('efficientvmamba_t', 's2', ATROUS, 28, 28, 192, 16, 'sum', _rank(96)),
 ]
 # layers per model at each stage, for the per-image totals (depths from DESIGN.md)
 DEPTHS = {'vmamba_t': {'s1': 2, 's2': 2, 's3': 8, 's4': 2}, 'vim_s': {'all': 24},
           'localvmamba_t': {'s1': 2, 's2': 2, 's3': 9, 's4': 2}, 'efficientvmamba_t': {'s1': 2, 's2': 2}}
+
+
+@dataclass(frozen=True)
+class ScheduleShape:
+    """One row of the schedule table (issue 11): a scan layer at a batch size the models meet."""
+    label: str
+    directions: Tuple[str, ...]
+    H: int
+    W: int
+    batch: int
+    channels: int
+    d_state: int
+    rank: int
+    merge: str = 'sum'
+    seq_u: bool = False
+    with_z: bool = False
+
+
+def _vmamba_t_stages(label: str, maps, batch: int) -> List[ScheduleShape]:
+    dims = (96, 192, 384, 768)  # VMamba-T s1l8: ssm_ratio 1, d_state 1
+    return [ScheduleShape(f'{label} s{i + 1} {H}x{W} b{batch}', VMAMBA, H, W, batch, d, 1, _rank(d))
+            for i, ((H, W), d) in enumerate(zip(maps, dims))]
+
+
+# VMamba-T at 224^2 (batch 1, 8, 128); the Mask R-CNN 800x1333 stage maps at batch 2; UperNet 512^2 at batch 2
+# and 16; a 1024^2 (ERF) input at batch 1; vim_tiny at 1248^2 (78x78 patches + cls, 2 directions, d_inner 384)
+SCHEDULE_SHAPES = (
+    [s for b in (1, 8, 128) for s in _vmamba_t_stages('VMamba-T 224', [(56, 56), (28, 28), (14, 14), (7, 7)], b)]
+    + _vmamba_t_stages('Mask R-CNN 800x1333', [(200, 334), (100, 167), (50, 84), (25, 42)], 2)
+    + [s for b in (2, 16) for s in _vmamba_t_stages('UperNet 512', [(128, 128), (64, 64), (32, 32), (16, 16)], b)]
+    + _vmamba_t_stages('1024', [(256, 256), (128, 128), (64, 64), (32, 32)], 1)
+    + [ScheduleShape('vim_tiny 1248 1x6085 b1', ('h', 'h_flip'), 1, 78 * 78 + 1, 1, 384, 16, _rank(192), 'mean',
+                     seq_u=True, with_z=True)]
+)
 
 
 # Detection: mmdet resizes to 800x1333 and pads to a multiple of 32 (DetDataPreprocessor pad_size_divisor=32), so
@@ -121,38 +166,46 @@ def smoke_layers(layers: Sequence[LayerShape] = LAYERS) -> List[LayerShape]:
             continue
         seen.add(s.model)
         H, W = (1, 7) if s.seq_u else (3, 4)
-        tiny.append(LayerShape(s.model, 'smoke', s.directions, H, W, 2, min(s.d_state, 2), s.merge, s.seq_u,
+        tiny.append(LayerShape(s.model, 'smoke', s.directions, H, W, 2, min(s.d_state, 2), s.merge, 2, s.seq_u,
                                s.with_z))
     return tiny
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 
-def make_inputs(shape: LayerShape, batch: int, dtype, device, requires_grad: bool):
+def make_inputs(shape: LayerShape, batch: int, dtype, device, requires_grad: bool, low_rank: bool = True):
+    """Inputs laid out as SS2D / the 1D mixer produce them: channel-last maps, Δ's factor, B and C slices of
+    one projection; ``low_rank`` False passes full Δ (B, K, D, L) instead."""
     idx = build_index(shape.directions, shape.H, shape.W, device)
     K, Lk = idx.shape
-    L, Dm, N = shape.H * shape.W, shape.channels, shape.d_state
+    L, Dm, N, R = shape.H * shape.W, shape.channels, shape.d_state, shape.rank
     kw = dict(device=device, dtype=dtype)
     f32 = dict(device=device, dtype=torch.float32)
-    # channel-last map as SS2D produces it (conv output in NHWC); B / C sliced out of one projection
-    u = torch.randn(batch, K, Dm, Lk, **kw) if shape.seq_u else torch.randn(batch, L, Dm, **kw).transpose(1, 2)
-    BC = torch.randn(batch, K, 2 * N, Lk, **kw)
+    u = torch.randn(batch, K, Lk, Dm, **kw).transpose(2, 3) if shape.seq_u else \
+        torch.randn(batch, L, Dm, **kw).transpose(1, 2)
+    proj = torch.randn(batch, K, Lk, R + 2 * N, **kw)
+    weight = (torch.rand(K, Dm, R, **f32) * 2 - 1) * R ** -0.5
     t = dict(
-        u=u, delta=0.5 * torch.rand(batch, K, Dm, Lk, **kw), A=-0.5 * torch.rand(K * Dm, N, **f32) - 0.1,
-        B=BC[:, :, :N], C=BC[:, :, N:], D=torch.randn(K * Dm, **f32),
-        z=torch.randn(batch, Dm, L, **kw) if shape.with_z else None, delta_bias=0.5 * torch.rand(K * Dm, **f32),
+        u=u, delta=proj[..., :R].transpose(-1, -2), A=-0.5 * torch.rand(K * Dm, N, **f32) - 0.1,
+        B=proj[..., R:R + N].transpose(-1, -2), C=proj[..., R + N:].transpose(-1, -2), D=torch.randn(K * Dm, **f32),
+        z=torch.randn(batch, L, Dm, **kw).transpose(1, 2) if shape.with_z else None,
+        delta_bias=0.5 * torch.rand(K * Dm, **f32), delta_weight=weight,
     )
+    if not low_rank:
+        t['delta'] = expand_delta(t['delta'], weight).to(dtype)
+        t['delta_weight'] = None
     if requires_grad:
         t = {n: (v.detach().requires_grad_() if v is not None else None) for n, v in t.items()}
     return t, idx, L
 
 
-def fused_min_bytes(shape: LayerShape, batch: int, dtype, backward: bool) -> int:
-    """DESIGN section 2 roofline: every input read once, every output written once, in the input dtype."""
+def fused_min_bytes(shape: LayerShape, batch: int, dtype, backward: bool, low_rank: bool = True) -> int:
+    """Every input read once, every output written once, in the input dtype (parameters aside)."""
     K, Lk = build_index(shape.directions, shape.H, shape.W).shape
     L, Dm, N = shape.H * shape.W, shape.channels, shape.d_state
     u = K * Dm * Lk if shape.seq_u else Dm * L
-    inputs = u + K * Dm * Lk + 2 * K * N * Lk + (Dm * L if shape.with_z else 0)
+    delta = K * (shape.rank if low_rank else Dm) * Lk
+    inputs = u + delta + 2 * K * N * Lk + (Dm * L if shape.with_z else 0)
     out = K * Dm * L if shape.merge == 'none' else Dm * L
     elems = inputs + out
     if backward:  # read the inputs again and the output gradient, write one gradient per input
@@ -162,16 +215,23 @@ def fused_min_bytes(shape: LayerShape, batch: int, dtype, backward: bool) -> int
 
 # --------------------------------------------------------------------------------------- implementations
 
+def _op_args(t):
+    return [t[n] for n in NAMES], dict(delta_weight=t['delta_weight'])
+
+
 def _fused(t, idx, L, shape):
-    return plan_selective_scan(*[t[n] for n in NAMES], index=idx, length=L, merge=shape.merge, backend='triton')
+    args, kw = _op_args(t)
+    return plan_selective_scan(*args, index=idx, length=L, merge=shape.merge, backend='triton', **kw)
 
 
 def _cuda(t, idx, L, shape):
-    return plan_selective_scan(*[t[n] for n in NAMES], index=idx, length=L, merge=shape.merge, backend='cuda')
+    args, kw = _op_args(t)
+    return plan_selective_scan(*args, index=idx, length=L, merge=shape.merge, backend='cuda', **kw)
 
 
 def _unfused(t, idx, L, shape):
-    return plan_selective_scan(*[t[n] for n in NAMES], index=idx, length=L, merge=shape.merge, backend='fast')
+    args, kw = _op_args(t)
+    return plan_selective_scan(*args, index=idx, length=L, merge=shape.merge, backend='fast', **kw)
 
 
 _IDENTITY = {}
@@ -190,7 +250,7 @@ def _unfused_triton(t, idx, L, shape):
     us = t['u'] if shape.seq_u else cross_scan(t['u'], idx)
     seq_index = _identity_index(idx)
     y = plan_selective_scan(us, t['delta'], t['A'], t['B'], t['C'], t['D'], None, t['delta_bias'], index=seq_index,
-                            length=idx.shape[1], merge='none', backend='triton')
+                            length=idx.shape[1], merge='none', backend='triton', delta_weight=t['delta_weight'])
     out = cross_merge(y, idx, L, shape.merge)
     if t['z'] is not None:
         out = out * torch.nn.functional.silu(t['z'][:, None] if shape.merge == 'none' else t['z'])
@@ -201,7 +261,8 @@ def _mamba_ssm(t, idx, L, shape):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     us = t['u'] if shape.seq_u else cross_scan(t['u'], idx)
     Bt, K, Dm, Lk = us.shape
-    y = selective_scan_fn(us.reshape(Bt, K * Dm, Lk), t['delta'].reshape(Bt, K * Dm, Lk), t['A'],
+    delta = expand_delta(t['delta'], t['delta_weight']).to(us.dtype)  # mamba_ssm takes full Δ
+    y = selective_scan_fn(us.reshape(Bt, K * Dm, Lk), delta.reshape(Bt, K * Dm, Lk), t['A'],
                           t['B'].contiguous(), t['C'].contiguous(), t['D'], delta_bias=t['delta_bias'],
                           delta_softplus=True)
     out = cross_merge(y.view(Bt, K, Dm, Lk), idx, L, shape.merge)
@@ -229,11 +290,11 @@ def _cuda_extension_loads() -> bool:
 def available_impls(device: torch.device) -> List[str]:
     triton_ok = _triton_runs_on(device)
     impls = ['fused'] if triton_ok else []
-    if device.type == 'cuda' and _cuda_extension_loads():
-        impls += ['cuda']
     impls += ['unfused']
     if triton_ok:
         impls += ['unfused-triton']
+    if device.type == 'cuda' and _cuda_extension_loads():
+        impls += ['cuda']
     if device.type == 'cuda':
         try:
             import mamba_ssm.ops.selective_scan_interface  # noqa: F401
@@ -287,12 +348,14 @@ class Row:
     model: str
     stage: str
     impl: str
+    delta: str
     dtype: str
     batch: int
     H: int
     W: int
     channels: int
     d_state: int
+    rank: int
     directions: str
     fwd_ms: float
     fwd_bwd_ms: float
@@ -302,12 +365,25 @@ class Row:
     fwd_bwd_min_bytes: int
     fwd_bwd_bytes_per_s: float
     fwd_bwd_frac_copy_bw: float
+    # the fused kernel's cost model at this shape (what its kernels move and how they launch)
+    model_fwd_bytes: int
+    model_bwd_bytes: int
+    model_fwd_passes: int
+    model_bwd_passes: int
+    model_programs_fwd: int
+    model_workspace_ratio: float
+
+
+def shape_cost(shape: LayerShape, batch: int, dtype, low_rank: bool, n_sm: int):
+    return layer_cost(shape.directions, shape.H, shape.W, batch, shape.channels, shape.d_state,
+                      shape.rank if low_rank else 0, merge=shape.merge, seq_u=shape.seq_u, has_z=shape.with_z,
+                      dtype=dtype, n_sm=n_sm)
 
 
 def bench_layer(shape: LayerShape, impl: str, batch: int, dtype, device, warmup: int, iters: int,
-                copy_bw: float) -> Row:
+                copy_bw: float, low_rank: bool, n_sm: int) -> Row:
     fn = IMPLS[impl]
-    t, idx, L = make_inputs(shape, batch, dtype, device, requires_grad=False)
+    t, idx, L = make_inputs(shape, batch, dtype, device, requires_grad=False, low_rank=low_rank)
     last = {}
 
     def forward():
@@ -316,7 +392,7 @@ def bench_layer(shape: LayerShape, impl: str, batch: int, dtype, device, warmup:
     with torch.no_grad():
         fwd = time_ms(forward, device, warmup, max(iters, 1))
     grad = torch.randn_like(last.pop('out'))
-    tg, _, _ = make_inputs(shape, batch, dtype, device, requires_grad=True)
+    tg, _, _ = make_inputs(shape, batch, dtype, device, requires_grad=True, low_rank=low_rank)
     leaves = [v for v in tg.values() if v is not None]
 
     def step():
@@ -324,23 +400,48 @@ def bench_layer(shape: LayerShape, impl: str, batch: int, dtype, device, warmup:
         torch.autograd.grad(out, leaves, grad)
 
     fb = time_ms(step, device, warmup, iters)
-    fwd_bytes = fused_min_bytes(shape, batch, dtype, backward=False)
-    fb_bytes = fused_min_bytes(shape, batch, dtype, backward=True)
+    fwd_bytes = fused_min_bytes(shape, batch, dtype, backward=False, low_rank=low_rank)
+    fb_bytes = fused_min_bytes(shape, batch, dtype, backward=True, low_rank=low_rank)
+    cost = shape_cost(shape, batch, dtype, low_rank, n_sm)
     return Row(
-        model=shape.model, stage=shape.stage, impl=impl, dtype=str(dtype).replace('torch.', ''), batch=batch,
-        H=shape.H, W=shape.W, channels=shape.channels, d_state=shape.d_state, directions=' '.join(shape.directions),
+        model=shape.model, stage=shape.stage, impl=impl, delta='low-rank' if low_rank else 'full',
+        dtype=str(dtype).replace('torch.', ''), batch=batch, H=shape.H, W=shape.W, channels=shape.channels,
+        d_state=shape.d_state, rank=shape.rank if low_rank else 0, directions=' '.join(shape.directions),
         fwd_ms=fwd, fwd_bwd_ms=fb,
         fwd_min_bytes=fwd_bytes, fwd_bytes_per_s=fwd_bytes / (fwd * 1e-3),
         fwd_frac_copy_bw=fwd_bytes / (fwd * 1e-3) / copy_bw,
         fwd_bwd_min_bytes=fb_bytes, fwd_bwd_bytes_per_s=fb_bytes / (fb * 1e-3),
         fwd_bwd_frac_copy_bw=fb_bytes / (fb * 1e-3) / copy_bw,
+        model_fwd_bytes=cost.fwd_bytes, model_bwd_bytes=cost.bwd_bytes, model_fwd_passes=cost.fwd_passes,
+        model_bwd_passes=cost.bwd_passes, model_programs_fwd=cost.programs['forward'],
+        model_workspace_ratio=cost.workspace_ratio,
     )
 
 
-def per_image_mb(model: str, dtype, layers: Sequence[LayerShape] = LAYERS) -> float:
+def per_image_mb(model: str, dtype, low_rank: bool = True, layers: Sequence[LayerShape] = LAYERS) -> float:
     """Fused-minimum forward bytes of all of a model's scan layers for one image, in MB (1e6)."""
     shapes = {s.stage: s for s in layers if s.model == model}
-    return sum(n * fused_min_bytes(shapes[stage], 1, dtype, False) for stage, n in DEPTHS[model].items()) / 1e6
+    return sum(n * fused_min_bytes(shapes[stage], 1, dtype, False, low_rank)
+               for stage, n in DEPTHS[model].items()) / 1e6
+
+
+def schedule_table(dtype=torch.bfloat16, n_sm: int = 132):
+    """The cost model over SCHEDULE_SHAPES (computed here, no GPU): [(label, ScanCost, build ms)]."""
+    from vssm.ops import _triton_schedule as sched
+    from vssm.ops.scan_cost import scan_cost
+    rows = []
+    e = torch.finfo(dtype).bits // 8
+    for s in SCHEDULE_SHAPES:
+        idx = build_index(s.directions, s.H, s.W)
+        problem = sched.ScanProblem(batch=s.batch, channels=s.channels, d_state=s.d_state, rank=s.rank, merge=s.merge,
+                                    seq_u=s.seq_u, has_z=s.with_z, u_bytes=e, delta_bytes=e, bc_bytes=e, z_bytes=e,
+                                    grad_bytes=e)
+        t0 = time.perf_counter()  # the host work of a cold cache: read the index map, plan the launches
+        plan = sched.plan_launch.__wrapped__(sched.build_plan_groups(idx, s.H * s.W), problem, sched.ScanConfig(),
+                                             2 * n_sm)
+        ms = (time.perf_counter() - t0) * 1e3
+        rows.append((s.label, scan_cost(plan), f'{ms:.1f}'))
+    return rows
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -360,7 +461,11 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                    help='drop --impls that are not available here (with a note) instead of stopping')
     p.add_argument('--keep-going', action='store_true',
                    help='print a failing implementation/shape and go on with the others (scripts/gpu_check.sh)')
+    p.add_argument('--delta', default='low-rank', choices=['low-rank', 'full', 'both'],
+                   help="Δ as the models pass it (rank-R factor + dt_proj weight), as a full tensor, or both")
     p.add_argument('--smoke', action='store_true', help='tiny shapes, one iteration: checks the script runs')
+    p.add_argument('--schedule', action='store_true',
+                   help='print the cost-model table at the shapes the models meet (no timing, no GPU) and exit')
     p.add_argument('--warmup', type=int, default=None)
     p.add_argument('--iters', type=int, default=None)
     p.add_argument('--copy-mib', type=int, default=None, help='size of the bandwidth probe (default 1024, 16 smoke)')
@@ -368,8 +473,13 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
+def main(argv: Optional[Sequence[str]] = None) -> List:
     args = parse_args(argv)
+    if args.schedule:
+        rows = schedule_table(getattr(torch, args.dtype or 'bfloat16'))
+        print(f'# fused Triton scan: cost model for a 132-SM GPU, {args.dtype or "bfloat16"} inputs, low-rank Δ')
+        print(format_cost_table(rows, ('host ms',)))
+        return rows
     if args.device == 'cpu':
         torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -392,44 +502,50 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
         elif missing:
             raise SystemExit(f'implementations {missing} are not available on {device.type} here; available: {impls}')
         impls = [i for i in args.impls if i in impls]
+    forms = {'low-rank': [True], 'full': [False], 'both': [True, False]}[args.delta]
+    n_sm = torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
 
     copy_mib = args.copy_mib or (16 if args.smoke else 1024)
     bw = copy_bandwidth(device, copy_mib << 20, warmup=max(warmup, 1), iters=max(iters, 3))
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     print(f'# device {name}; copy bandwidth {bw / 1e9:.1f} GB/s (read + write of {copy_mib} MiB); '
-          f'dtype {dtype}; shape set {args.shape_set}; batch {batch}; implementations {impls}')
+          f'dtype {dtype}; shape set {args.shape_set}; batch {batch}; implementations {impls}; Δ {args.delta}')
     if not args.smoke:
         for model in sorted({s.model for s in layers}):
             print(f'# {model}: fused-minimum forward bytes of all scan layers = '
-                  f'{per_image_mb(model, dtype, layers):.1f} MB/image')
+                  f'{per_image_mb(model, dtype, forms[0], layers):.1f} MB/image ({"low-rank" if forms[0] else "full"} Δ)')
     rows = []
-    header = (f'{"model":<18}{"stage":<7}{"impl":<15}{"fwd ms":>9}{"GB/s":>8}{"%copy":>7}'
-              f'{"f+b ms":>10}{"GB/s":>8}{"%copy":>7}')
+    header = (f'{"model":<18}{"stage":<7}{"impl":<15}{"Δ":<9}{"fwd ms":>9}{"GB/s":>8}{"%copy":>7}'
+              f'{"f+b ms":>10}{"GB/s":>8}{"%copy":>7}   cost model: fwd MB (x min), bwd MB, passes f/b, programs')
     print(header)
     for shape in layers:
-        for impl in impls:
-            try:
-                row = bench_layer(shape, impl, batch, dtype, device, warmup, iters, bw)
-            except torch.cuda.OutOfMemoryError:  # the unfused PyTorch path keeps per-chunk states for backward
-                torch.cuda.empty_cache()
-                print(f'{shape.model:<18}{shape.stage:<7}{impl:<15} out of memory', flush=True)
-                continue
-            except Exception as e:  # noqa: BLE001  (--keep-going: one failing kernel must not lose the other rows)
-                if not args.keep_going:
-                    raise
-                print(f'{shape.model:<18}{shape.stage:<7}{impl:<15} failed: {type(e).__name__}: '
-                      f'{str(e).splitlines()[0] if str(e) else ""}', flush=True)
-                continue
-            rows.append(row)
-            if args.csv:  # rewritten after every row: a run stopped by a time limit keeps what it measured
-                write_csv(args.csv, rows, name, bw)
-            print(f'{row.model:<18}{row.stage:<7}{row.impl:<15}{row.fwd_ms:>9.3f}{row.fwd_bytes_per_s / 1e9:>8.1f}'
-                  f'{100 * row.fwd_frac_copy_bw:>6.1f}%{row.fwd_bwd_ms:>10.3f}{row.fwd_bwd_bytes_per_s / 1e9:>8.1f}'
-                  f'{100 * row.fwd_bwd_frac_copy_bw:>6.1f}%', flush=True)
+        for low_rank in forms:
+            for impl in impls:
+                try:
+                    row = bench_layer(shape, impl, batch, dtype, device, warmup, iters, bw, low_rank, n_sm)
+                except torch.cuda.OutOfMemoryError:  # the unfused PyTorch path keeps per-chunk states for backward
+                    torch.cuda.empty_cache()
+                    print(f'{shape.model:<18}{shape.stage:<7}{impl:<15} out of memory', flush=True)
+                    continue
+                except Exception as e:  # noqa: BLE001  (--keep-going: one failing kernel must not lose the other rows)
+                    if not args.keep_going:
+                        raise
+                    print(f'{shape.model:<18}{shape.stage:<7}{impl:<15} failed: {type(e).__name__}: '
+                          f'{str(e).splitlines()[0] if str(e) else ""}', flush=True)
+                    continue
+                rows.append(row)
+                if args.csv:  # rewritten after every row: a run stopped by a time limit keeps what it measured
+                    write_csv(args.csv, rows, name, bw)
+                print(f'{row.model:<18}{row.stage:<7}{row.impl:<15}{row.delta:<9}{row.fwd_ms:>9.3f}'
+                      f'{row.fwd_bytes_per_s / 1e9:>8.1f}{100 * row.fwd_frac_copy_bw:>6.1f}%{row.fwd_bwd_ms:>10.3f}'
+                      f'{row.fwd_bwd_bytes_per_s / 1e9:>8.1f}{100 * row.fwd_bwd_frac_copy_bw:>6.1f}%   '
+                      f'{row.model_fwd_bytes / 1e6:.1f} ({row.model_fwd_bytes / row.fwd_min_bytes:.1f}x), '
+                      f'{row.model_bwd_bytes / 1e6:.1f}, {row.model_fwd_passes}/{row.model_bwd_passes}, '
+                      f'{row.model_programs_fwd}', flush=True)
     return rows
 
 
-def write_csv(path: str, rows: List[Row], device_name: str, copy_bw: float) -> None:
+def write_csv(path: str, rows: List, device_name: str, copy_bw: float) -> None:
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) + ['device', 'copy_bytes_per_s'])
         writer.writeheader()
