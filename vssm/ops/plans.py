@@ -64,6 +64,7 @@ def _direction_order(name: str, H: int, W: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)  # a cached map first built under inference_mode must still serve autograd later
 def _index_cpu(directions: Tuple[str, ...], H: int, W: int) -> torch.Tensor:
     orders = [_direction_order(d, H, W) for d in directions]
     length = max(o.numel() for o in orders)
@@ -93,7 +94,8 @@ def build_index(directions: Sequence[str], H: int, W: int, device=None) -> torch
     key = (tuple(directions), int(H), int(W), str(device))
     index = _DEVICE_CACHE.get(key)
     if index is None:
-        index = _DEVICE_CACHE[key] = cpu.to(device)
+        with torch.inference_mode(False):
+            index = _DEVICE_CACHE[key] = cpu.to(device)
         while len(_DEVICE_CACHE) > _DEVICE_CACHE_SIZE:
             _DEVICE_CACHE.popitem(last=False)
     else:
@@ -117,7 +119,7 @@ def validate_index(index: torch.Tensor, length: int) -> None:
     if index.device.type == 'meta' or torch.compiler.is_compiling() or _is_fake(index):
         return
     key = id(index)
-    if _VALIDATED.get(key) is index and _VALIDATED_AT.get(key) == (index._version, length):
+    if _VALIDATED.get(key) is index and _VALIDATED_AT.get(key) == (_version(index), length):
         return
     if index.numel():
         lo, hi = int(index.min()), int(index.max())
@@ -133,7 +135,12 @@ def validate_index(index: torch.Tensor, length: int) -> None:
     for dead in [k for k in _VALIDATED_AT if k not in _VALIDATED]:
         del _VALIDATED_AT[dead]
     _VALIDATED[key] = index
-    _VALIDATED_AT[key] = (index._version, length)
+    _VALIDATED_AT[key] = (_version(index), length)
+
+
+def _version(t: torch.Tensor):
+    # inference tensors keep no version counter (and cannot be changed in place outside inference_mode)
+    return None if t.is_inference() else t._version
 
 
 def _is_fake(t: torch.Tensor) -> bool:
