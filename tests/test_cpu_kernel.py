@@ -138,8 +138,8 @@ def test_strided_grad_out_and_channel_first_u():
     mine = cpu_kernel.plan_scan_cpu_backward(grad, *args, delta_weight=t32['delta_weight'], **kw)
     ref = cpu_kernel.plan_scan_cpu_backward(grad.transpose(1, 2).contiguous().transpose(1, 2), *args,
                                             delta_weight=t32['delta_weight'], **kw)
-    for a, b in zip(mine, ref):
-        assert torch.equal(a, b)
+    for a, b in zip(mine, ref):  # the same up to FMA contraction (whole-vector and per-lane paths differ)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     for g, inp in zip(mine, [*args, t32['delta_weight']]):  # written directly in the inputs' layouts
         assert g.stride() == torch.empty_like(inp).stride()
 

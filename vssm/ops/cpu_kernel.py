@@ -83,7 +83,7 @@ def load_extension(verbose: bool = False):
     name = extension_name()
     try:
         from torch.utils.cpp_extension import load
-        flags = ['-O3', '-ffast-math', '-fopenmp']
+        flags = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-fopenmp']  # no -ffast-math: exact IEEE order, NaN kept
         if _native():
             flags.append('-march=native')
         building = _needs_build(name)

@@ -52,7 +52,7 @@ namespace {
 
 constexpr int64_t VL = 16;                   // channel lanes per vector (one AVX-512 register)
 constexpr int64_t TARGET_TASKS = 32;         // tasks per call the split aims at (shape-only)
-constexpr int64_t STEP_STORE_BYTES = 4 << 20;  // backward per-task step store before chunking
+constexpr int64_t STEP_STORE_BYTES = 8 << 20;  // backward per-task step store before chunking
 
 enum Merge : int64_t { kSum = 0, kMean = 1, kNone = 2, kGroup = 3 };
 
@@ -104,79 +104,172 @@ Split split_work(const Problem& p) {
   return s;
 }
 
-inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+// ------------------------------------------------------------------------------- lane arithmetic
+// 16 channel lanes are one value of a GCC/Clang vector type: one zmm register with AVX-512, two ymm with
+// AVX2, four xmm with SSE: the compiler lowers it for the target, so the code is the same on every ISA.
+// exp, log1p and softplus are inline and branch-free (no calls into a vector math library).
 
-// Per (vector, direction) constants: A, W, bias, D for 16 channels (padded lanes zero).
+typedef float V __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t VI __attribute__((vector_size(VL * sizeof(float))));
+
+inline V vload(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void vstore(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+inline V splat(float x) { return V{} + x; }
+inline V vmin(V a, V b) { return a < b ? a : b; }
+inline V vmax(V a, V b) { return a > b ? a : b; }
+
+// 16 lanes at a channel stride, zero past nl live lanes (the slow path: a partial vector or a channel-first
+// tensor); the fast path loads in place.
+inline V vgather(const float* p, int64_t stride, int64_t nl) {
+  V v = V{};
+  for (int64_t l = 0; l < nl; ++l) v[l] = p[l * stride];
+  return v;
+}
+inline void vscatter(float* p, int64_t stride, int64_t nl, V v, bool add) {
+  for (int64_t l = 0; l < nl; ++l) p[l * stride] = add ? p[l * stride] + v[l] : v[l];
+}
+
+constexpr float kLog2e = 1.44269504088896341f;
+
+// 2^y for y <= 0: y = n + f with n = round(y) (the 1.5 * 2^23 trick, exact since this file is never built
+// with -ffast-math), f in [-1/2, 1/2]; 2^f by a degree-6 minimax polynomial (relative error 1e-7);
+// 2^n from n's bits. Clamped at -125 so results stay normal floats (no denormal slow paths).
+inline V exp2_neg(V y) {
+  y = vmax(y, splat(-125.0f));
+  const V t = y + 12582912.0f;
+  const V f = y - (t - 12582912.0f);
+  // Estrin's scheme: a short dependency chain (the caller's loops have no carried dependency)
+  const V f2 = f * f, f4 = f2 * f2;
+  const V p01 = f * 6.931471824645996e-1f + 1.0f;
+  const V p23 = f * 5.550328642129898e-2f + 2.4022646248340607e-1f;
+  const V p45 = f * 1.3399930903688073e-3f + 9.618489071726799e-3f;
+  const V p46 = f2 * 1.5345805149991065e-4f + p45;
+  const V q = p46 * f4 + (p23 * f2 + p01);
+  const VI bits = ((VI)t - 0x4B400000 + 127) << 23;  // 0x4B400000: the bits of 1.5 * 2^23
+  return q * (V)bits;
+}
+
+// log1p(w) for w in [0, 1]: w * q(w), q a degree-8 minimax fit of log1p(w) / w (relative error 2e-7)
+inline V log1p_unit(V w) {
+  const V w2 = w * w, w4 = w2 * w2;
+  const V a01 = w * -4.9999552965164185e-1f + 1.0f;
+  const V a23 = w * -2.485293745994568e-1f + 3.3320343494415283e-1f;
+  const V a45 = w * -1.3746555149555206e-1f + 1.9145084917545319e-1f;
+  const V a67 = w * -3.011048585176468e-2f + 7.920995354652405e-2f;
+  const V a07 = (a67 * w2 + a45) * w4 + (a23 * w2 + a01);
+  return w * (w4 * w4 * 5.383943673223257e-3f + a07);
+}
+
+inline V vabs(V x) { return (V)((VI)x & 0x7fffffff); }
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)), x itself above 20 as in mamba; *sg = its derivative
+inline V softplus(V x, V* sg) {
+  const V w = exp2_neg(vabs(x) * -kLog2e);
+  const VI big = x > 20.0f;
+  if (sg) *sg = big ? splat(1.0f) : (x >= 0.0f ? splat(1.0f) : w) / (w + 1.0f);
+  return big ? x : vmax(x, V{}) + log1p_unit(w);
+}
+
+// sigmoid(x) = (x >= 0 ? 1 : e) / (1 + e), e = exp(-|x|)
+inline V sigmoid(V x) {
+  const V w = exp2_neg(vabs(x) * -kLog2e);
+  return (x >= 0.0f ? splat(1.0f) : w) / (w + 1.0f);
+}
+
+// The sums of 16 lane vectors x[0..15] (overwritten), as one vector in t order: element i holds the sum of
+// x[15 - i] (the reverse walk fills x[j] at step tstart - j). A fixed transpose-and-add tree: 15 folds
+// of two shuffles and one add, against 4 shuffles and 4 adds per single horizontal sum.
+#if defined(__clang__)
+#define VSSM_SHUFFLE2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define VSSM_SHUFFLE1(a, ...) __builtin_shufflevector(a, a, __VA_ARGS__)
+#else
+#define VSSM_SHUFFLE2(a, b, ...) __builtin_shuffle(a, b, VI{__VA_ARGS__})
+#define VSSM_SHUFFLE1(a, ...) __builtin_shuffle(a, VI{__VA_ARGS__})
+#endif
+inline V sum16(V* x) {
+  for (int i = 0; i < 8; ++i)  // halves of 8 lanes: [x_2i | x_2i+1]
+    x[i] = VSSM_SHUFFLE2(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           VSSM_SHUFFLE2(x[2 * i], x[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i)  // quarters
+    x[i] = VSSM_SHUFFLE2(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+           VSSM_SHUFFLE2(x[2 * i], x[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int i = 0; i < 2; ++i)  // pairs
+    x[i] = VSSM_SHUFFLE2(x[2 * i], x[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+           VSSM_SHUFFLE2(x[2 * i], x[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  const V s = VSSM_SHUFFLE2(x[0], x[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+              VSSM_SHUFFLE2(x[0], x[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  // lane m holds the sum of x[bitreverse4(m)]; element i must hold x[15 - i]: m = bitreverse4(15 - i)
+  return VSSM_SHUFFLE1(s, 15, 7, 11, 3, 13, 5, 9, 1, 14, 6, 10, 2, 12, 4, 8, 0);
+}
+
+// Per (vector, direction) constants: A, W, bias, D for 16 channels (padded lanes zero, so they add
+// exact zeros to every channel sum).
 struct VecConsts {
-  std::vector<float> A, W;
-  alignas(64) float bias[VL], D[VL];
+  std::vector<V> A, A2, W;  // [n] (A2 = A log2 e, for exp2), [r]
+  V bias{}, D{};
   int64_t nl = 0;  // live lanes
 
   void load(const Problem& p, int64_t k, int64_t c0) {
     nl = std::min<int64_t>(VL, p.Dm - c0);
-    A.assign(p.N * VL, 0.f);
-    W.assign(std::max<int64_t>(p.R, 1) * VL, 0.f);
-    for (int64_t l = 0; l < VL; ++l) bias[l] = D[l] = 0.f;
+    A.assign(p.N, V{});
+    W.assign(std::max<int64_t>(p.R, 1), V{});
+    bias = D = V{};
     for (int64_t l = 0; l < nl; ++l) {
       const int64_t pc = k * p.Dm + c0 + l;
-      for (int64_t n = 0; n < p.N; ++n) A[n * VL + l] = p.A[pc * p.N + n];
+      for (int64_t n = 0; n < p.N; ++n) A[n][l] = p.A[pc * p.N + n];
       if (p.low_rank)
-        for (int64_t r = 0; r < p.R; ++r) W[r * VL + l] = p.W[pc * p.R + r];
+        for (int64_t r = 0; r < p.R; ++r) W[r][l] = p.W[pc * p.R + r];
       if (p.bias) bias[l] = p.bias[pc];
       if (p.Dv) D[l] = p.Dv[pc];
     }
+    A2.resize(p.N);
+    for (int64_t n = 0; n < p.N; ++n) A2[n] = A[n] * kLog2e;
+  }
+
+  // Δ at one step (before softplus): bias + W . dts_t (low rank) or bias + the full Δ lanes
+  V delta(const Problem& p, const float* row, V full) const {
+    V v0 = bias + full, v1 = V{};
+    int64_t r = 0;
+    for (; r + 1 < p.R; r += 2) {  // two chains: half the dependency length
+      v0 += W[r] * row[r];
+      v1 += W[r + 1] * row[r + 1];
+    }
+    if (r < p.R) v0 += W[r] * row[r];
+    return v0 + v1;
   }
 };
 
-// Δ at one step for 16 lanes (after bias and softplus) and softplus' (sg, may be null).
-inline void step_delta(const Problem& p, const VecConsts& vc, const float* row, int64_t b, int64_t k,
-                       int64_t c0, int64_t t, float* dt, float* sg) {
-  alignas(64) float v[VL];
-  for (int64_t l = 0; l < VL; ++l) v[l] = vc.bias[l];
-  if (p.low_rank) {
-    const float* W = vc.W.data();
-    for (int64_t r = 0; r < p.R; ++r) {
-      const float s = row[r];
-#pragma omp simd
-      for (int64_t l = 0; l < VL; ++l) v[l] += W[r * VL + l] * s;
+// The step-parallel part of steps [t0, t1): dt = softplus(Δ) (and softplus' into sg when given) and the
+// decays exp(dt A_n), none of which depends on the state. Split into three loops with no carried
+// dependency, so they run at throughput instead of waiting on one step's long exp/log chain; the
+// recurrence that follows is a few FMAs per step. Element i goes to dt[i * stride], sg[i * stride],
+// e[i * stride + n].
+inline void step_decays(const Problem& p, const VecConsts& vc, int64_t b, int64_t k, int64_t c0, int64_t t0,
+                        int64_t t1, V* dt, V* sg, V* e, int64_t stride) {
+  const float* rows = p.proj + ((b * p.K + k) * p.Lk + t0) * p.P;
+  const int64_t n_steps = t1 - t0, N = p.N;
+  for (int64_t i = 0; i < n_steps; ++i) {  // Δ before softplus
+    V full = V{};
+    if (!p.low_rank) {
+      const float* d = p.delta + b * p.d_sb + k * p.d_sk + c0 * p.d_sc + (t0 + i) * p.d_st;
+      full = vc.nl == VL && p.d_sc == 1 ? vload(d) : vgather(d, p.d_sc, vc.nl);
     }
-  } else {
-    const float* d = p.delta + b * p.d_sb + k * p.d_sk + c0 * p.d_sc + t * p.d_st;
-    for (int64_t l = 0; l < vc.nl; ++l) v[l] += d[l * p.d_sc];
+    dt[i * stride] = vc.delta(p, rows + i * p.P, full);
   }
   if (p.softplus) {
-#pragma omp simd
-    for (int64_t l = 0; l < VL; ++l) {
-      const float x = v[l];
-      const float ex = std::exp(std::min(x, 20.f));
-      dt[l] = x > 20.f ? x : std::log1p(ex);
-      if (sg) sg[l] = x > 20.f ? 1.f : ex / (1.f + ex);
-    }
-  } else {
-    for (int64_t l = 0; l < VL; ++l) {
-      dt[l] = v[l];
-      if (sg) sg[l] = 1.f;
-    }
+    for (int64_t i = 0; i < n_steps; ++i) dt[i * stride] = softplus(dt[i * stride], sg ? sg + i * stride : nullptr);
+  } else if (sg) {
+    for (int64_t i = 0; i < n_steps; ++i) sg[i * stride] = splat(1.0f);
   }
+  for (int64_t i = 0; i < n_steps; ++i)
+    for (int64_t n = 0; n < N; ++n) e[i * stride + n] = exp2_neg(dt[i * stride] * vc.A2[n]);
 }
 
-// u at one step (zero where the step is padding on a map).
-inline void step_u(const Problem& p, int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t t, int64_t pos,
-                   int64_t nl, float* uv) {
-  for (int64_t l = 0; l < VL; ++l) uv[l] = 0.f;
-  const float* up;
-  if (p.seq_u) {
-    up = p.u + b * p.u_sb + k * p.u_sk + c0 * p.u_sc + t * p.u_sl;
-  } else {
-    if (pos < 0) return;
-    up = p.u + b * p.u_sb + mch0 * p.u_sc + pos * p.u_sl;
-  }
-  if (p.u_sc == 1) {
-    for (int64_t l = 0; l < nl; ++l) uv[l] = up[l];
-  } else {
-    for (int64_t l = 0; l < nl; ++l) uv[l] = up[l * p.u_sc];
-  }
-}
+constexpr int64_t STEP_BLOCK = 32;  // steps whose decays the forward computes ahead of the recurrence
 
 inline float* out_at(float* out, const Problem& p, int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t pos) {
   // channel-last: (B, L, Cmap) memory, or (B, K, L, Dm) for 'none'
@@ -186,11 +279,138 @@ inline float* out_at(float* out, const Problem& p, int64_t b, int64_t k, int64_t
 
 // ------------------------------------------------------------------------------------------ forward
 
+// u at one step: the map at the visited position (zero at padding) or the direction's own sequence.
+inline V load_u(const Problem& p, int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t t, int64_t pos,
+                int64_t nl) {
+  const float* up;
+  if (p.seq_u)
+    up = p.u + b * p.u_sb + k * p.u_sk + c0 * p.u_sc + t * p.u_sl;
+  else if (pos >= 0)
+    up = p.u + b * p.u_sb + mch0 * p.u_sc + pos * p.u_sl;
+  else
+    return V{};
+  return nl == VL && p.u_sc == 1 ? vload(up) : vgather(up, p.u_sc, nl);
+}
+
+// Where a direction's u, y (and gradients) live for one vector: base pointers and strides per map position
+// (map) or per step (sequences), hoisted out of the step loops.
+struct Lanes {
+  const float* u_map = nullptr;  // + pos * u_pos (map u), or
+  const float* u_seq = nullptr;  // + t * u_step (sequence u)
+  int64_t u_pos = 0, u_step = 0;
+  bool fast = false;  // 16 live lanes, channel stride 1: whole-vector loads and stores
+};
+
+inline Lanes lanes_of(const Problem& p, int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t nl) {
+  Lanes w;
+  if (p.seq_u) {
+    w.u_seq = p.u + b * p.u_sb + k * p.u_sk + c0 * p.u_sc;
+    w.u_step = p.u_sl;
+  } else {
+    w.u_map = p.u + b * p.u_sb + mch0 * p.u_sc;
+    w.u_pos = p.u_sl;
+  }
+  w.fast = nl == VL && p.u_sc == 1;
+  return w;
+}
+
+inline V load_u_fast(const Lanes& w, int64_t t, int64_t pos) {
+  if (w.u_seq) return vload(w.u_seq + t * w.u_step);
+  return pos >= 0 ? vload(w.u_map + pos * w.u_pos) : V{};
+}
+
+// The recurrence of one forward block with everything in registers (the state too when N = 1):
+// h_n = e_n h_n + dt u B_n, y = C . h + D u, added to (ACC) or stored in the channel-last output.
+template <bool ACC, bool N1>
+inline void forward_recurrence(const Lanes& w, const int64_t* __restrict idx, int64_t t0, int64_t t1,
+                               const float* __restrict rows, int64_t P, int64_t R, int64_t N,
+                               const V* __restrict st, int64_t stride, V D, V* __restrict h, float* __restrict o_map,
+                               int64_t o_pos) {
+  V h0 = h[0];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t pos = idx[t];
+    const float* row = rows + t * P;
+    const V* s = st + (t - t0) * stride;
+    const V uv = load_u_fast(w, t, pos);
+    const V dtu = s[0] * uv;
+    V y = D * uv;
+    if (N1) {
+      h0 = s[1] * h0 + dtu * row[R];
+      y += h0 * row[R + 1];
+    } else {
+      for (int64_t n = 0; n < N; ++n) {
+        const V hv = s[1 + n] * h[n] + dtu * row[R + n];
+        h[n] = hv;
+        y += hv * row[R + N + n];
+      }
+    }
+    if (pos >= 0) {
+      float* o = o_map + pos * o_pos;
+      vstore(o, ACC ? vload(o) + y : y);
+    }
+  }
+  if (N1) h[0] = h0;
+}
+
+void forward_direction(const Problem& p, const VecConsts& vc, float* out, int64_t b, int64_t k, int64_t mch0,
+                       int64_t c0, V* h, V* buf) {
+  const int64_t nl = vc.nl, N = p.N, R = p.R, P = p.P, stride = 1 + N;
+  const int64_t* idx = p.index + k * p.Lk;
+  const float* rows = p.proj + (b * p.K + k) * p.Lk * P;
+  const bool acc = p.merge != kNone;
+  const Lanes w = lanes_of(p, b, k, mch0, c0, nl);
+  float* o_map = out_at(out, p, b, k, mch0, c0, 0);
+  const int64_t o_pos = p.merge == kNone ? p.Dm : p.map_channels();
+  for (int64_t t0 = 0; t0 < p.Lk; t0 += STEP_BLOCK) {
+    const int64_t t1 = std::min(p.Lk, t0 + STEP_BLOCK);
+    step_decays(p, vc, b, k, c0, t0, t1, buf, nullptr, buf + 1, stride);
+    if (w.fast) {
+      if (acc && N == 1)
+        forward_recurrence<true, true>(w, idx, t0, t1, rows, P, R, N, buf, stride, vc.D, h, o_map, o_pos);
+      else if (acc)
+        forward_recurrence<true, false>(w, idx, t0, t1, rows, P, R, N, buf, stride, vc.D, h, o_map, o_pos);
+      else
+        forward_recurrence<false, false>(w, idx, t0, t1, rows, P, R, N, buf, stride, vc.D, h, o_map, o_pos);
+      continue;
+    }
+    for (int64_t t = t0; t < t1; ++t) {  // partial vector or strided u
+      const int64_t pos = idx[t];
+      const float* row = rows + t * P;
+      const V* st = buf + (t - t0) * stride;
+      const V uv = load_u(p, b, k, mch0, c0, t, pos, nl);
+      const V dtu = st[0] * uv;
+      V y = vc.D * uv;
+      for (int64_t n = 0; n < N; ++n) {
+        const V hv = st[1 + n] * h[n] + dtu * row[R + n];
+        h[n] = hv;
+        y += hv * row[R + N + n];
+      }
+      if (pos >= 0) vscatter(o_map + pos * o_pos, 1, nl, y, acc);
+    }
+  }
+}
+
+// Multiplies an output column by silu(z) and the merge's scale (after its directions are in).
+void gate_column(const Problem& p, float* out, int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t nl) {
+  for (int64_t pos = 0; pos < p.L; ++pos) {
+    float* o = out_at(out, p, b, k, mch0, c0, pos);
+    V gate = splat(p.scale);
+    if (p.z) {
+      const float* zp = p.z + b * p.z_sb + mch0 * p.z_sc + pos * p.z_sl;
+      const V zv = nl == VL && p.z_sc == 1 ? vload(zp) : vgather(zp, p.z_sc, nl);
+      gate = gate * zv * sigmoid(zv);
+    }
+    if (nl == VL)
+      vstore(o, vload(o) * gate);
+    else
+      vscatter(o, 1, nl, vgather(o, 1, nl) * gate, false);
+  }
+}
+
 void forward_task(const Problem& p, float* out, int64_t b, int64_t g, int64_t v_begin, int64_t v_end) {
   const int64_t k0 = p.grouped() ? g : 0, k1 = p.grouped() ? g + 1 : p.K;
   VecConsts vc;
-  std::vector<float> h(p.N * VL);
-  alignas(64) float dt[VL], uv[VL], y[VL], dtu[VL];
+  std::vector<V> h(p.N), buf(STEP_BLOCK * (1 + p.N));
   for (int64_t vi = v_begin; vi < v_end; ++vi) {
     const int64_t c0 = vi * VL, nl = std::min<int64_t>(VL, p.Dm - c0);
     const int64_t mch0 = (p.grouped() ? g * p.Dm : 0) + c0;
@@ -199,62 +419,11 @@ void forward_task(const Problem& p, float* out, int64_t b, int64_t g, int64_t v_
       for (int64_t pos = 0; pos < p.L; ++pos) std::memset(out_at(out, p, b, k, mch0, c0, pos), 0, nl * 4);
     for (int64_t k = k0; k < k1; ++k) {
       vc.load(p, k, c0);
-      std::fill(h.begin(), h.end(), 0.f);
-      const int64_t* idx = p.index + k * p.Lk;
-      const float* rows = p.proj + (b * p.K + k) * p.Lk * p.P;
-      const float* A = vc.A.data();
-      for (int64_t t = 0; t < p.Lk; ++t) {
-        const int64_t pos = idx[t];
-        const float* row = rows + t * p.P;
-        step_delta(p, vc, row, b, k, c0, t, dt, nullptr);
-        step_u(p, b, k, mch0, c0, t, pos, nl, uv);
-#pragma omp simd
-        for (int64_t l = 0; l < VL; ++l) {
-          y[l] = vc.D[l] * uv[l];
-          dtu[l] = dt[l] * uv[l];
-        }
-        for (int64_t n = 0; n < p.N; ++n) {
-          const float bn = row[p.R + n], cn = row[p.R + p.N + n];
-          float* hn = h.data() + n * VL;
-          const float* An = A + n * VL;
-#pragma omp simd
-          for (int64_t l = 0; l < VL; ++l) {
-            const float hv = std::exp(dt[l] * An[l]) * hn[l] + dtu[l] * bn;
-            hn[l] = hv;
-            y[l] += hv * cn;
-          }
-        }
-        if (pos < 0) continue;
-        float* o = out_at(out, p, b, k, mch0, c0, pos);
-        if (p.merge == kNone) {
-          if (p.z) {
-            const float* zp = p.z + b * p.z_sb + mch0 * p.z_sc + pos * p.z_sl;
-            for (int64_t l = 0; l < nl; ++l) {
-              const float zv = zp[l * p.z_sc];
-              o[l] = y[l] * zv * sigmoid(zv);
-            }
-          } else {
-            for (int64_t l = 0; l < nl; ++l) o[l] = y[l];
-          }
-        } else {
-          for (int64_t l = 0; l < nl; ++l) o[l] += y[l];
-        }
-      }
+      std::fill(h.begin(), h.end(), V{});
+      forward_direction(p, vc, out, b, k, mch0, c0, h.data(), buf.data());
+      if (p.merge == kNone && p.z) gate_column(p, out, b, k, mch0, c0, nl);
     }
-    if (p.merge != kNone && (p.z || p.scale != 1.f)) {  // gate and mean after all directions are in
-      for (int64_t pos = 0; pos < p.L; ++pos) {
-        float* o = out_at(out, p, b, 0, mch0, c0, pos);
-        if (p.z) {
-          const float* zp = p.z + b * p.z_sb + mch0 * p.z_sc + pos * p.z_sl;
-          for (int64_t l = 0; l < nl; ++l) {
-            const float zv = zp[l * p.z_sc];
-            o[l] = o[l] * p.scale * (zv * sigmoid(zv));
-          }
-        } else {
-          for (int64_t l = 0; l < nl; ++l) o[l] *= p.scale;
-        }
-      }
-    }
+    if (p.merge != kNone && (p.z || p.scale != 1.f)) gate_column(p, out, b, 0, mch0, c0, nl);
   }
 }
 
@@ -405,30 +574,27 @@ struct Grads {
   int64_t dz_sb = 0, dz_sc = 0, dz_sl = 0;
   float* ddelta = nullptr;  // full Δ only, Δ's layout
   int64_t dd_sb = 0, dd_sk = 0, dd_sc = 0, dd_st = 0;
-  float* red = nullptr;  // (B, K, blocks, Lk, P): per channel block sums over channels [dts | B | C]
+  float* red = nullptr;  // (B, K, blocks, P, Lk): per channel block sums over channels, rows [dts | B | C]
   float* par = nullptr;  // (bgroups, K, Dm, Q): per batch group sums [dA (N) | dD | dbias | dW (R)]
   int64_t Q = 0;
-};
-
-// Per-step record of the forward pass kept for the reverse walk (16 lanes each).
-struct StepStore {
-  int64_t stride = 0;  // floats per step: dt, sg, u, gy, h[N]
-  std::vector<float> buf;
-  float* at(int64_t i) { return buf.data() + i * stride; }
 };
 
 class BackwardTask {
  public:
   BackwardTask(const Problem& p, const Grads& gr, const Split& s) : p_(p), gr_(gr), s_(s) {
-    st_.stride = (4 + p.N) * VL;
-    chunk_ = std::max<int64_t>(1, std::min<int64_t>(p.Lk, STEP_STORE_BYTES / (4 * st_.stride)));
-    st_.buf.resize(chunk_ * st_.stride);
+    stride_ = 4 + 2 * p.N;  // per step: dt, softplus', u, gy, h[N], exp(dt A)[N]
+    chunk_ = std::max<int64_t>(1, std::min<int64_t>(p.Lk, STEP_STORE_BYTES / (stride_ * int64_t(sizeof(V)))));
+    store_.resize(chunk_ * stride_);
     nchunks_ = (p.Lk + chunk_ - 1) / chunk_;
-    checkpoints_.resize(nchunks_ * p.N * VL);
-    dh_.resize(p.N * VL);
-    h_.resize(p.N * VL);
-    accA_.resize(p.N * VL);
-    accW_.resize(std::max<int64_t>(p.R, 1) * VL);
+    if (nchunks_ > 1) {
+      checkpoints_.resize(nchunks_ * p.N);
+      buf_.resize(STEP_BLOCK * stride_);
+    }
+    dh_.resize(p.N);
+    h_.resize(p.N);
+    hprev_.resize(p.N);
+    accA_.resize(p.N);
+    accW_.resize(std::max<int64_t>(p.R, 1));
     lane_.resize(p.P * VL);
   }
 
@@ -443,7 +609,7 @@ class BackwardTask {
         zero_map_grads(b, mch0, nl);
         for (int64_t k = k0; k < k1; ++k) {
           vc_.load(p_, k, c0);
-          direction(b, k, mch0, c0, nl, blk, /*first_vector=*/vi == v0, /*first_batch=*/b == b0);
+          direction(b, k, mch0, c0, blk, /*first_vector=*/vi == v0, /*first_batch=*/b == b0);
         }
       }
     }
@@ -454,10 +620,11 @@ class BackwardTask {
   const Grads& gr_;
   const Split& s_;
   VecConsts vc_;
-  StepStore st_;
-  int64_t chunk_ = 0, nchunks_ = 0;
-  std::vector<float> checkpoints_, dh_, h_, accA_, accW_, lane_;
-  alignas(64) float accD_[VL], accBias_[VL];
+  int64_t stride_ = 0, chunk_ = 0, nchunks_ = 0;
+  std::vector<V> store_, buf_, checkpoints_, dh_, h_, hprev_, accA_, accW_, lane_;
+  V accD_{}, accBias_{};
+
+  V* rec(int64_t i) { return store_.data() + i * stride_; }
 
   void zero_map_grads(int64_t b, int64_t mch0, int64_t nl) {
     for (int64_t pos = 0; pos < p_.L; ++pos) {
@@ -472,186 +639,226 @@ class BackwardTask {
     }
   }
 
-  // Forward over steps [t0, t1) from state h_; stores each step's record when `store`, adds dz when
-  // `add_dz`, saves the state before each chunk start when `checkpoint`.
-  void forward_steps(int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t nl, int64_t t0, int64_t t1, bool store,
-                     bool add_dz, bool checkpoint) {
+  // y -> the gradient reaching y_k (after the gate and the mean) for steps [s0, s1) of records whose
+  // slot 3 holds y; adds dz's share when `add_dz`. A pass of its own: the gate's sigmoid stays out of the
+  // recurrence.
+  void upstream(int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t s0, int64_t s1, V* base, bool add_dz) {
+    const int64_t nl = vc_.nl, stride = stride_;
     const int64_t* idx = p_.index + k * p_.Lk;
-    const float* rows = p_.proj + (b * p_.K + k) * p_.Lk * p_.P;
-    const float* A = vc_.A.data();
-    alignas(64) float dt[VL], sg[VL], uv[VL], y[VL], dtu[VL], gy[VL];
-    for (int64_t t = t0; t < t1; ++t) {
-      if (checkpoint && t % chunk_ == 0)
-        std::copy(h_.begin(), h_.end(), checkpoints_.begin() + (t / chunk_) * p_.N * VL);
+    const float* g_map = p_.merge == kNone ? gr_.g + b * gr_.g_sb + k * gr_.g_sk + c0 * gr_.g_sc
+                                           : gr_.g + b * gr_.g_sb + mch0 * gr_.g_sc;
+    const int64_t g_sl = gr_.g_sl, g_sc = gr_.g_sc;
+    const float scale = p_.scale;
+    const float* z_map = p_.z ? p_.z + b * p_.z_sb + mch0 * p_.z_sc : nullptr;
+    float* dz_map = gr_.dz ? gr_.dz + b * gr_.dz_sb + mch0 * gr_.dz_sc : nullptr;
+    const bool fast = nl == VL && g_sc == 1 && (!z_map || (p_.z_sc == 1 && gr_.dz_sc == 1));
+    for (int64_t t = s0; t < s1; ++t) {
+      V* r = base + (t - s0) * stride;
       const int64_t pos = idx[t];
-      const float* row = rows + t * p_.P;
-      step_delta(p_, vc_, row, b, k, c0, t, dt, sg);
-      step_u(p_, b, k, mch0, c0, t, pos, nl, uv);
-#pragma omp simd
-      for (int64_t l = 0; l < VL; ++l) {
-        y[l] = vc_.D[l] * uv[l];
-        dtu[l] = dt[l] * uv[l];
+      if (pos < 0) {
+        r[3] = V{};
+        continue;
       }
-      float* rec = store ? st_.at(t - t0) : nullptr;
-      for (int64_t n = 0; n < p_.N; ++n) {
-        const float bn = row[p_.R + n], cn = row[p_.R + p_.N + n];
-        float* hn = h_.data() + n * VL;
-        const float* An = A + n * VL;
-#pragma omp simd
-        for (int64_t l = 0; l < VL; ++l) {
-          const float hv = std::exp(dt[l] * An[l]) * hn[l] + dtu[l] * bn;
-          hn[l] = hv;
-          y[l] += hv * cn;
-        }
-        if (rec) std::memcpy(rec + (4 + n) * VL, hn, VL * 4);
+      const V gv = (fast ? vload(g_map + pos * g_sl) : vgather(g_map + pos * g_sl, g_sc, nl)) * scale;
+      if (!z_map) {
+        r[3] = gv;
+        continue;
       }
-      // the gradient reaching y_k at this step (after the gate and the mean), and dz's share
-      for (int64_t l = 0; l < VL; ++l) gy[l] = 0.f;
-      if (pos >= 0) {
-        const float* gp = p_.merge == kNone
-                              ? gr_.g + b * gr_.g_sb + k * gr_.g_sk + c0 * gr_.g_sc + pos * gr_.g_sl
-                              : gr_.g + b * gr_.g_sb + mch0 * gr_.g_sc + pos * gr_.g_sl;
-        if (p_.z) {
-          const float* zp = p_.z + b * p_.z_sb + mch0 * p_.z_sc + pos * p_.z_sl;
-          float* dzp = gr_.dz + b * gr_.dz_sb + mch0 * gr_.dz_sc + pos * gr_.dz_sl;
-          for (int64_t l = 0; l < nl; ++l) {
-            const float zv = zp[l * p_.z_sc], sz = sigmoid(zv), gv = gp[l * gr_.g_sc] * p_.scale;
-            gy[l] = gv * zv * sz;
-            if (add_dz) dzp[l * gr_.dz_sc] += gv * y[l] * sz * (1.f + zv * (1.f - sz));
-          }
-        } else {
-          for (int64_t l = 0; l < nl; ++l) gy[l] = gp[l * gr_.g_sc] * p_.scale;
-        }
+      const float* zp = z_map + pos * p_.z_sl;
+      const V zv = fast ? vload(zp) : vgather(zp, p_.z_sc, nl);
+      const V sz = sigmoid(zv);
+      if (add_dz) {
+        float* dzp = dz_map + pos * gr_.dz_sl;
+        const V dz = gv * r[3] * sz * (zv * (1.f - sz) + 1.f);
+        if (fast)
+          vstore(dzp, vload(dzp) + dz);
+        else
+          vscatter(dzp, gr_.dz_sc, nl, dz, true);
       }
-      if (rec) {
-        std::memcpy(rec, dt, VL * 4);
-        std::memcpy(rec + VL, sg, VL * 4);
-        std::memcpy(rec + 2 * VL, uv, VL * 4);
-        std::memcpy(rec + 3 * VL, gy, VL * 4);
-      }
+      r[3] = gv * zv * sz;
     }
   }
 
-  // Reverse walk over steps [t0, t1) whose records are in the store; h_prev0 = state before t0.
-  void backward_steps(int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t nl, int64_t t0, int64_t t1,
-                      const float* h_prev0, float* red_rows, bool first_vector) {
+  // Forward over steps [t0, t1) from state h_; keeps each step's record when STORE (the decays computed
+  // ahead straight into the records), adds dz when `add_dz`, saves the state before each chunk start when
+  // `checkpoint` (then through a small block buffer).
+  template <bool STORE>
+  void forward_steps(int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t t0, int64_t t1, bool add_dz,
+                     bool checkpoint) {
+    const int64_t nl = vc_.nl, N = p_.N, R = p_.R, P = p_.P, stride = stride_;
     const int64_t* idx = p_.index + k * p_.Lk;
-    const float* rows = p_.proj + (b * p_.K + k) * p_.Lk * p_.P;
-    const float* A = vc_.A.data();
-    const float* Wv = vc_.W.data();
-    const int64_t N = p_.N, R = p_.R;
-    float* lane = lane_.data();  // per-lane terms of this step's channel sums: [dts (R) | B (N) | C (N)]
-    alignas(64) float dul[VL], ddt[VL], dv[VL];
-    for (int64_t t = t1 - 1; t >= t0; --t) {
-      float* rec = st_.at(t - t0);
-      const float* dt = rec;
-      const float* sg = rec + VL;
-      const float* uv = rec + 2 * VL;
-      const float* gy = rec + 3 * VL;
-      const float* hprev = t > t0 ? st_.at(t - 1 - t0) + 4 * VL : h_prev0;
-      const int64_t pos = idx[t];
-      const float* row = rows + t * p_.P;
-#pragma omp simd
-      for (int64_t l = 0; l < VL; ++l) {
-        dul[l] = vc_.D[l] * gy[l];
-        ddt[l] = 0.f;
-        accD_[l] += gy[l] * uv[l];
+    const float* rows = p_.proj + (b * p_.K + k) * p_.Lk * P;
+    const Lanes w = lanes_of(p_, b, k, mch0, c0, nl);
+    const V D = vc_.D;
+    V* h = h_.data();
+    const int64_t block = STORE ? t1 - t0 : STEP_BLOCK;
+    for (int64_t s0 = t0; s0 < t1; s0 += block) {
+      const int64_t s1 = std::min(t1, s0 + block);
+      V* base = STORE ? rec(s0 - t0) : buf_.data();
+      step_decays(p_, vc_, b, k, c0, s0, s1, base, base + 1, base + 4 + N, stride);
+      for (int64_t t = s0; t < s1; ++t) {
+        if (checkpoint && t % chunk_ == 0) std::copy(h_.begin(), h_.end(), checkpoints_.begin() + (t / chunk_) * N);
+        const int64_t pos = idx[t];
+        const float* row = rows + t * P;
+        V* r = base + (t - s0) * stride;
+        const V uv = w.fast ? load_u_fast(w, t, pos) : load_u(p_, b, k, mch0, c0, t, pos, nl);
+        const V dtu = r[0] * uv;
+        V y = D * uv;
+        for (int64_t n = 0; n < N; ++n) {
+          const V hv = r[4 + N + n] * h[n] + dtu * row[R + n];
+          h[n] = hv;
+          y += hv * row[R + N + n];
+          if (STORE) r[4 + n] = hv;
+        }
+        r[2] = uv;
+        r[3] = y;
       }
-      for (int64_t n = 0; n < N; ++n) {
-        const float bn = row[R + n], cn = row[R + N + n];
-        const float* An = A + n * VL;
-        const float* hn = rec + (4 + n) * VL;
-        const float* hp = hprev + n * VL;
-        float* dhn = dh_.data() + n * VL;
-        float* aA = accA_.data() + n * VL;
-        float* lB = lane + (R + n) * VL;
-        float* lC = lane + (R + N + n) * VL;
-#pragma omp simd
-        for (int64_t l = 0; l < VL; ++l) {
-          const float e = std::exp(dt[l] * An[l]);
-          const float dhv = dhn[l] + gy[l] * cn;  // total gradient reaching h_t
-          const float q = dhv * e * hp[l];
-          lC[l] = gy[l] * hn[l];
-          lB[l] = dhv * dt[l] * uv[l];
-          dul[l] += dhv * dt[l] * bn;
-          ddt[l] += An[l] * q + dhv * bn * uv[l];
-          aA[l] += q * dt[l];
-          dhn[l] = dhv * e;  // carried to h_{t-1}
+      if (STORE || add_dz) upstream(b, k, mch0, c0, s0, s1, base, add_dz);
+    }
+  }
+
+  // Reverse walk over steps [t0, t1) whose records are in the store; hprev_ = state before t0.
+  // Channel sums: each step's per-lane terms go to slot j of a 16-step block (lane_[q][j]); a full block
+  // (or the walk's last, partial one) is reduced by sum16 into 16 consecutive steps of row q.
+  template <bool LOW_RANK, bool N1>
+  void backward_steps(int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t t0, int64_t t1, float* red_rows,
+                      bool first_vector) {
+    const int64_t nl = vc_.nl, N = p_.N, R = p_.R, Lk = p_.Lk, P = p_.P, stride = stride_;
+    const int64_t* idx = p_.index + k * Lk;
+    const float* rows = p_.proj + (b * p_.K + k) * Lk * P;
+    const bool fast_du = nl == VL && gr_.du_sc == 1;
+    const bool seq = p_.seq_u;
+    float* du_base = seq ? gr_.du + b * gr_.du_sb + k * gr_.du_sk + c0 * gr_.du_sc
+                         : gr_.du + b * gr_.du_sb + mch0 * gr_.du_sc;
+    const int64_t du_step = gr_.du_sl, du_sc = gr_.du_sc;
+    float* dd_base = LOW_RANK ? nullptr : gr_.ddelta + b * gr_.dd_sb + k * gr_.dd_sk + c0 * gr_.dd_sc;
+    const int64_t q0 = LOW_RANK ? 0 : R;
+    const V D = vc_.D;
+    const V* A = vc_.A.data();
+    const V* W = vc_.W.data();
+    V* dh = dh_.data();
+    V* accA = accA_.data();
+    V* accW = accW_.data();
+    V* lane = lane_.data();  // [q][slot]: q over [dts (R) | B (N) | C (N)]
+    const V* store = store_.data();
+    V dh0 = dh[0], accA0 = accA[0], accD = accD_, accBias = accBias_;
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const int64_t slot = (t1 - 1 - t) % VL;
+      const V* r = store + (t - t0) * stride;
+      const V* hp = t > t0 ? r - stride + 4 : hprev_.data();
+      const int64_t pos = idx[t];
+      const float* row = rows + t * P;
+      const V dt = r[0], sg = r[1], uv = r[2], gy = r[3];
+      V du = D * gy, ddt;
+      if (N1) {
+        const float bn = row[R], cn = row[R + 1];
+        const V e = r[5];
+        const V dhv = dh0 + gy * cn;  // total gradient reaching h_t
+        const V q = dhv * e * hp[0];
+        lane[(R + 1) * VL + slot] = gy * r[4];
+        lane[R * VL + slot] = dhv * dt * uv;
+        du += dhv * dt * bn;
+        ddt = A[0] * q + dhv * bn * uv;
+        accA0 += q * dt;
+        dh0 = dhv * e;
+      } else {
+        ddt = V{};
+        for (int64_t n = 0; n < N; ++n) {
+          const float bn = row[R + n], cn = row[R + N + n];
+          const V e = r[4 + N + n];
+          const V dhv = dh[n] + gy * cn;
+          const V q = dhv * e * hp[n];
+          lane[(R + N + n) * VL + slot] = gy * r[4 + n];
+          lane[(R + n) * VL + slot] = dhv * dt * uv;
+          du += dhv * dt * bn;
+          ddt += A[n] * q + dhv * bn * uv;
+          accA[n] += q * dt;
+          dh[n] = dhv * e;  // carried to h_{t-1}
         }
       }
-#pragma omp simd
-      for (int64_t l = 0; l < VL; ++l) {
-        dv[l] = ddt[l] * sg[l];
-        accBias_[l] += dv[l];
-      }
-      if (p_.low_rank) {
-        for (int64_t r = 0; r < R; ++r) {
-          const float s = row[r];
-          float* aW = accW_.data() + r * VL;
-          float* lD = lane + r * VL;
-#pragma omp simd
-          for (int64_t l = 0; l < VL; ++l) {
-            aW[l] += dv[l] * s;
-            lD[l] = Wv[r * VL + l] * dv[l];
-          }
+      accD += gy * uv;
+      const V dv = ddt * sg;
+      accBias += dv;
+      if (LOW_RANK) {
+        for (int64_t j = 0; j < R; ++j) {
+          accW[j] += dv * row[j];
+          lane[j * VL + slot] = W[j] * dv;
         }
       } else {
-        float* d = gr_.ddelta + b * gr_.dd_sb + k * gr_.dd_sk + c0 * gr_.dd_sc + t * gr_.dd_st;
-        for (int64_t l = 0; l < nl; ++l) d[l * gr_.dd_sc] = dv[l];
+        float* d = dd_base + t * gr_.dd_st;
+        if (nl == VL && gr_.dd_sc == 1)
+          vstore(d, dv);
+        else
+          vscatter(d, gr_.dd_sc, nl, dv, false);
       }
-      // channel sums of this vector (padded lanes hold zeros), added to the block's row in vector order
-      float* rr = red_rows + t * p_.P;
-      for (int64_t q = (p_.low_rank ? 0 : R); q < p_.P; ++q) {
-        const float* lq = lane + q * VL;
-        float s = 0.f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t l = 0; l < VL; ++l) s += lq[l];
-        rr[q] = first_vector ? s : rr[q] + s;
+      if (slot == VL - 1 || t == t0) {  // reduce the block: steps t .. t + slot
+        const int64_t filled = slot + 1;
+        for (int64_t q = q0; q < P; ++q) {
+          V* x = lane + q * VL;
+          for (int64_t j = filled; j < VL; ++j) x[j] = V{};
+          const V sums = sum16(x);  // element i: step t + slot - 15 + i
+          float* rq = red_rows + q * Lk + t + slot - (VL - 1);
+          if (filled == VL) {
+            vstore(rq, first_vector ? sums : vload(rq) + sums);
+          } else {
+            for (int64_t i = VL - filled; i < VL; ++i) rq[i] = first_vector ? sums[i] : rq[i] + sums[i];
+          }
+        }
       }
-      if (p_.seq_u) {
-        float* d = gr_.du + b * gr_.du_sb + k * gr_.du_sk + c0 * gr_.du_sc + t * gr_.du_sl;
-        for (int64_t l = 0; l < nl; ++l) d[l * gr_.du_sc] = dul[l];
-      } else if (pos >= 0) {
-        float* d = gr_.du + b * gr_.du_sb + mch0 * gr_.du_sc + pos * gr_.du_sl;
-        for (int64_t l = 0; l < nl; ++l) d[l * gr_.du_sc] += dul[l];
-      }
+      if (!seq && pos < 0) continue;
+      float* d = du_base + (seq ? t : pos) * du_step;
+      if (fast_du)
+        vstore(d, seq ? du : vload(d) + du);
+      else
+        vscatter(d, du_sc, nl, du, !seq);
     }
+    if (N1) {
+      dh[0] = dh0;
+      accA[0] = accA0;
+    }
+    accD_ = accD;
+    accBias_ = accBias;
   }
 
-  void direction(int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t nl, int64_t blk, bool first_vector,
-                 bool first_batch) {
-    const int64_t N = p_.N;
-    std::fill(accA_.begin(), accA_.end(), 0.f);
-    std::fill(accW_.begin(), accW_.end(), 0.f);
-    std::fill(lane_.begin(), lane_.end(), 0.f);  // padded lanes stay zero in the channel sums
-    for (int64_t l = 0; l < VL; ++l) accD_[l] = accBias_[l] = 0.f;
-    std::fill(dh_.begin(), dh_.end(), 0.f);
-    std::fill(h_.begin(), h_.end(), 0.f);
-    float* red_rows = gr_.red + ((b * p_.K + k) * s_.blocks + blk) * p_.Lk * p_.P;
-    const std::vector<float> zeros(N * VL, 0.f);
+  void walk(int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t t0, int64_t t1, float* red_rows, bool first) {
+    if (p_.low_rank && p_.N == 1)
+      backward_steps<true, true>(b, k, mch0, c0, t0, t1, red_rows, first);
+    else if (p_.low_rank)
+      backward_steps<true, false>(b, k, mch0, c0, t0, t1, red_rows, first);
+    else
+      backward_steps<false, false>(b, k, mch0, c0, t0, t1, red_rows, first);
+  }
+
+  void direction(int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t blk, bool first_vector, bool first_batch) {
+    const int64_t N = p_.N, nl = vc_.nl;
+    std::fill(accA_.begin(), accA_.end(), V{});
+    std::fill(accW_.begin(), accW_.end(), V{});
+    accD_ = accBias_ = V{};
+    std::fill(dh_.begin(), dh_.end(), V{});
+    std::fill(h_.begin(), h_.end(), V{});
+    float* red_rows = gr_.red + ((b * p_.K + k) * s_.blocks + blk) * p_.P * p_.Lk;  // [q][t]
     if (nchunks_ == 1) {
-      forward_steps(b, k, mch0, c0, nl, 0, p_.Lk, true, true, false);
-      backward_steps(b, k, mch0, c0, nl, 0, p_.Lk, zeros.data(), red_rows, first_vector);
+      std::fill(hprev_.begin(), hprev_.end(), V{});
+      forward_steps<true>(b, k, mch0, c0, 0, p_.Lk, true, false);
+      walk(b, k, mch0, c0, 0, p_.Lk, red_rows, first_vector);
     } else {  // long direction: checkpoints every chunk_ steps, each chunk recomputed before its reverse walk
-      forward_steps(b, k, mch0, c0, nl, 0, p_.Lk, false, true, true);
-      std::vector<float> hprev(N * VL);
+      forward_steps<false>(b, k, mch0, c0, 0, p_.Lk, true, true);
       for (int64_t c = nchunks_ - 1; c >= 0; --c) {
         const int64_t t0 = c * chunk_, t1 = std::min(p_.Lk, t0 + chunk_);
-        std::copy(checkpoints_.begin() + c * N * VL, checkpoints_.begin() + (c + 1) * N * VL, h_.begin());
-        hprev.assign(h_.begin(), h_.end());
-        forward_steps(b, k, mch0, c0, nl, t0, t1, true, false, false);
-        backward_steps(b, k, mch0, c0, nl, t0, t1, hprev.data(), red_rows, first_vector);
+        std::copy(checkpoints_.begin() + c * N, checkpoints_.begin() + (c + 1) * N, h_.begin());
+        hprev_ = h_;
+        forward_steps<true>(b, k, mch0, c0, t0, t1, false, false);
+        walk(b, k, mch0, c0, t0, t1, red_rows, first_vector);
       }
     }
     // parameter sums of this (batch item, vector, direction), added to the batch group's slot in batch order
     const int64_t bg = b / s_.per_bgroup;
     for (int64_t l = 0; l < nl; ++l) {
       float* slot = gr_.par + ((bg * p_.K + k) * p_.Dm + c0 + l) * gr_.Q;
-      for (int64_t n = 0; n < N; ++n) slot[n] = first_batch ? accA_[n * VL + l] : slot[n] + accA_[n * VL + l];
+      for (int64_t n = 0; n < N; ++n) slot[n] = first_batch ? accA_[n][l] : slot[n] + accA_[n][l];
       slot[N] = first_batch ? accD_[l] : slot[N] + accD_[l];
       slot[N + 1] = first_batch ? accBias_[l] : slot[N + 1] + accBias_[l];
-      for (int64_t r = 0; r < p_.R; ++r)
-        slot[N + 2 + r] = first_batch ? accW_[r * VL + l] : slot[N + 2 + r] + accW_[r * VL + l];
+      for (int64_t j = 0; j < p_.R; ++j) slot[N + 2 + j] = first_batch ? accW_[j][l] : slot[N + 2 + j] + accW_[j][l];
     }
   }
 };
@@ -720,7 +927,7 @@ std::vector<torch::Tensor> plan_scan_backward(torch::Tensor grad, torch::Tensor 
   }
   check_grad_out(g_B, p, "g_B", {p.B, p.K, p.N, p.Lk});
   check_grad_out(g_C, p, "g_C", {p.B, p.K, p.N, p.Lk});
-  auto red = torch::empty({p.B, p.K, s.blocks, p.Lk, p.P}, u.options());
+  auto red = torch::empty({p.B, p.K, s.blocks, p.P, p.Lk}, u.options());
   gr.red = red.data_ptr<float>();
   gr.Q = p.N + 2 + p.R;
   auto par = torch::empty({s.bgroups, p.K, p.Dm, gr.Q}, u.options());
@@ -739,11 +946,11 @@ std::vector<torch::Tensor> plan_scan_backward(torch::Tensor grad, torch::Tensor 
   at::parallel_for(0, p.B * p.K, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bk = begin; bk < end; ++bk) {
       const int64_t b = bk / p.K, k = bk % p.K;
-      const float* rb = gr.red + bk * s.blocks * p.Lk * p.P;
-      for (int64_t t = 0; t < p.Lk; ++t) {
-        for (int64_t q = (p.low_rank ? 0 : p.R); q < p.P; ++q) {
-          float acc = rb[t * p.P + q];
-          for (int64_t j = 1; j < s.blocks; ++j) acc += rb[(j * p.Lk + t) * p.P + q];
+      const float* rb = gr.red + bk * s.blocks * p.P * p.Lk;  // [block][q][t]
+      for (int64_t q = (p.low_rank ? 0 : p.R); q < p.P; ++q) {
+        for (int64_t t = 0; t < p.Lk; ++t) {
+          float acc = rb[q * p.Lk + t];
+          for (int64_t j = 1; j < s.blocks; ++j) acc += rb[(j * p.P + q) * p.Lk + t];
           if (q < p.R)
             gd[b * g_dts.stride(0) + k * g_dts.stride(1) + q * g_dts.stride(2) + t * g_dts.stride(3)] = acc;
           else if (q < p.R + p.N)
