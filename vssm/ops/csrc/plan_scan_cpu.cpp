@@ -47,6 +47,9 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -140,8 +143,14 @@ constexpr float kLog2e = 1.44269504088896341f;
 // 2^n from n's bits. Clamped at -125 so results stay normal floats (no denormal slow paths).
 inline V exp2_neg(V y) {
   y = vmax(y, splat(-125.0f));
+#if defined(__AVX512F__)
+  // AVX-512: round and scale by 2^n in one instruction each
+  const V n = (V)_mm512_roundscale_ps((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const V f = y - n;
+#else
   const V t = y + 12582912.0f;
   const V f = y - (t - 12582912.0f);
+#endif
   // Estrin's scheme: a short dependency chain (the caller's loops have no carried dependency)
   const V f2 = f * f, f4 = f2 * f2;
   const V p01 = f * 6.931471824645996e-1f + 1.0f;
@@ -149,8 +158,12 @@ inline V exp2_neg(V y) {
   const V p45 = f * 1.3399930903688073e-3f + 9.618489071726799e-3f;
   const V p46 = f2 * 1.5345805149991065e-4f + p45;
   const V q = p46 * f4 + (p23 * f2 + p01);
+#if defined(__AVX512F__)
+  return (V)_mm512_scalef_ps((__m512)q, (__m512)n);
+#else
   const VI bits = ((VI)t - 0x4B400000 + 127) << 23;  // 0x4B400000: the bits of 1.5 * 2^23
   return q * (V)bits;
+#endif
 }
 
 // log1p(w) for w in [0, 1]: w * q(w), q a degree-8 minimax fit of log1p(w) / w (relative error 2e-7)
@@ -205,6 +218,36 @@ inline V sum16(V* x) {
   // lane m holds the sum of x[bitreverse4(m)]; element i must hold x[15 - i]: m = bitreverse4(15 - i)
   return VSSM_SHUFFLE1(s, 15, 7, 11, 3, 13, 5, 9, 1, 14, 6, 10, 2, 12, 4, 8, 0);
 }
+
+// Transposes 16 lane vectors in place (x[i][l] <-> x[l][i]): four butterfly levels, each swapping bit s of
+// the row and lane indices with two-input shuffles.
+inline void transpose16(V* x) {
+  for (int i = 0; i < 16; ++i) {
+    if (i & 8) continue;
+    const V a = x[i], b = x[i + 8];
+    x[i] = VSSM_SHUFFLE2(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    x[i + 8] = VSSM_SHUFFLE2(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  }
+  for (int i = 0; i < 16; ++i) {
+    if (i & 4) continue;
+    const V a = x[i], b = x[i + 4];
+    x[i] = VSSM_SHUFFLE2(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+    x[i + 4] = VSSM_SHUFFLE2(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  }
+  for (int i = 0; i < 16; ++i) {
+    if (i & 2) continue;
+    const V a = x[i], b = x[i + 2];
+    x[i] = VSSM_SHUFFLE2(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+    x[i + 2] = VSSM_SHUFFLE2(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  }
+  for (int i = 0; i < 16; i += 2) {
+    const V a = x[i], b = x[i + 1];
+    x[i] = VSSM_SHUFFLE2(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    x[i + 1] = VSSM_SHUFFLE2(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  }
+}
+
+inline V reversed(V v) { return VSSM_SHUFFLE1(v, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0); }
 
 // Per (vector, direction) constants: A, W, bias, D for 16 channels (padded lanes zero, so they add
 // exact zeros to every channel sum).
@@ -595,7 +638,7 @@ class BackwardTask {
     hprev_.resize(p.N);
     accA_.resize(p.N);
     accW_.resize(std::max<int64_t>(p.R, 1));
-    lane_.resize(p.P * VL);
+    lane_.resize((1 + 2 * p.N) * VL);  // [dv | B (N) | C (N)] x 16 steps
   }
 
   void run(int64_t bg, int64_t g, int64_t blk) {
@@ -719,7 +762,8 @@ class BackwardTask {
 
   // Reverse walk over steps [t0, t1) whose records are in the store; hprev_ = state before t0.
   // Channel sums: each step's per-lane terms go to slot j of a 16-step block (lane_[q][j]); a full block
-  // (or the walk's last, partial one) is reduced by sum16 into 16 consecutive steps of row q.
+  // (or the walk's last, partial one) is reduced into 16 consecutive steps of each row: dB and dC by
+  // sum16, d(dts) as W . dv from the transposed dv block (R FMAs per step instead of R reductions).
   template <bool LOW_RANK, bool N1>
   void backward_steps(int64_t b, int64_t k, int64_t mch0, int64_t c0, int64_t t0, int64_t t1, float* red_rows,
                       bool first_vector) {
@@ -732,14 +776,13 @@ class BackwardTask {
                          : gr_.du + b * gr_.du_sb + mch0 * gr_.du_sc;
     const int64_t du_step = gr_.du_sl, du_sc = gr_.du_sc;
     float* dd_base = LOW_RANK ? nullptr : gr_.ddelta + b * gr_.dd_sb + k * gr_.dd_sk + c0 * gr_.dd_sc;
-    const int64_t q0 = LOW_RANK ? 0 : R;
     const V D = vc_.D;
     const V* A = vc_.A.data();
     const V* W = vc_.W.data();
     V* dh = dh_.data();
     V* accA = accA_.data();
     V* accW = accW_.data();
-    V* lane = lane_.data();  // [q][slot]: q over [dts (R) | B (N) | C (N)]
+    V* lane = lane_.data();  // [q][slot]: q over [dv | B (N) | C (N)]
     const V* store = store_.data();
     V dh0 = dh[0], accA0 = accA[0], accD = accD_, accBias = accBias_;
     for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -755,8 +798,8 @@ class BackwardTask {
         const V e = r[5];
         const V dhv = dh0 + gy * cn;  // total gradient reaching h_t
         const V q = dhv * e * hp[0];
-        lane[(R + 1) * VL + slot] = gy * r[4];
-        lane[R * VL + slot] = dhv * dt * uv;
+        lane[2 * VL + slot] = gy * r[4];
+        lane[VL + slot] = dhv * dt * uv;
         du += dhv * dt * bn;
         ddt = A[0] * q + dhv * bn * uv;
         accA0 += q * dt;
@@ -768,8 +811,8 @@ class BackwardTask {
           const V e = r[4 + N + n];
           const V dhv = dh[n] + gy * cn;
           const V q = dhv * e * hp[n];
-          lane[(R + N + n) * VL + slot] = gy * r[4 + n];
-          lane[(R + n) * VL + slot] = dhv * dt * uv;
+          lane[(1 + N + n) * VL + slot] = gy * r[4 + n];
+          lane[(1 + n) * VL + slot] = dhv * dt * uv;
           du += dhv * dt * bn;
           ddt += A[n] * q + dhv * bn * uv;
           accA[n] += q * dt;
@@ -780,10 +823,8 @@ class BackwardTask {
       const V dv = ddt * sg;
       accBias += dv;
       if (LOW_RANK) {
-        for (int64_t j = 0; j < R; ++j) {
-          accW[j] += dv * row[j];
-          lane[j * VL + slot] = W[j] * dv;
-        }
+        for (int64_t j = 0; j < R; ++j) accW[j] += dv * row[j];
+        lane[slot] = dv;
       } else {
         float* d = dd_base + t * gr_.dd_st;
         if (nl == VL && gr_.dd_sc == 1)
@@ -792,16 +833,24 @@ class BackwardTask {
           vscatter(d, gr_.dd_sc, nl, dv, false);
       }
       if (slot == VL - 1 || t == t0) {  // reduce the block: steps t .. t + slot
-        const int64_t filled = slot + 1;
-        for (int64_t q = q0; q < P; ++q) {
-          V* x = lane + q * VL;
-          for (int64_t j = filled; j < VL; ++j) x[j] = V{};
-          const V sums = sum16(x);  // element i: step t + slot - 15 + i
-          float* rq = red_rows + q * Lk + t + slot - (VL - 1);
+        const int64_t filled = slot + 1, first_t = t + slot - (VL - 1);
+        auto put = [&](int64_t q, V sums) {  // sums in t order: element i is step first_t + i
+          float* rq = red_rows + q * Lk + first_t;
           if (filled == VL) {
             vstore(rq, first_vector ? sums : vload(rq) + sums);
           } else {
             for (int64_t i = VL - filled; i < VL; ++i) rq[i] = first_vector ? sums[i] : rq[i] + sums[i];
+          }
+        };
+        for (int64_t q = LOW_RANK ? 0 : 1; q < 1 + 2 * N; ++q)
+          for (int64_t j = filled; j < VL; ++j) lane[q * VL + j] = V{};
+        for (int64_t q = 1; q < 1 + 2 * N; ++q) put(R + q - 1, sum16(lane + q * VL));  // dB, dC
+        if (LOW_RANK) {  // d(dts)_r = W_r . dv: dv transposed to (lane, step), then R FMAs per lane
+          transpose16(lane);
+          for (int64_t j = 0; j < R; ++j) {
+            V acc = V{};
+            for (int64_t l = 0; l < VL; ++l) acc += lane[l] * W[j][l];
+            put(j, reversed(acc));  // slot order is reverse t order
           }
         }
       }
