@@ -199,6 +199,7 @@ def test_float64_goes_to_the_pytorch_path():
 
 
 def test_extension_name_is_keyed_by_isa(monkeypatch):
+    monkeypatch.setenv(cpu_kernel.NATIVE_ENV, '1')
     native = cpu_kernel.extension_name()
     assert native.startswith('vssm_plan_scan_cpu_') and native != 'vssm_plan_scan_cpu_generic'
     monkeypatch.setattr(cpu_kernel, '_isa_fingerprint', lambda: 'another cpu')

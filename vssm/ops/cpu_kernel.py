@@ -166,12 +166,34 @@ def _pack_rows(dts: Optional[torch.Tensor], B: torch.Tensor, C: torch.Tensor) ->
     """
     Bt, K, N, Lk = B.shape
     R = dts.shape[2] if dts is not None else 0
+    shared = _one_buffer([t for t in (dts, B, C) if t is not None], R + 2 * N)
+    if shared is not None:  # SS2D and the 1D mixer split one projection: read it in place
+        return shared
     rows = torch.empty(Bt, K, Lk, R + 2 * N, dtype=torch.float32)
     if dts is not None:
         rows[..., :R].copy_(dts.transpose(-1, -2))
     rows[..., R:R + N].copy_(B.transpose(-1, -2))
     rows[..., R + N:].copy_(C.transpose(-1, -2))
     return rows
+
+
+def _one_buffer(parts, P: int) -> Optional[torch.Tensor]:
+    """The (Bt, K, Lk, P) float32 buffer that parts (each (Bt, K, width, Lk), channel stride 1) tile side by
+    side, when they do (views of one contiguous projection split along channels); else None."""
+    first = parts[0]
+    Bt, K, _, Lk = first.shape
+    strides = (K * Lk * P, Lk * P, 1, P)
+    offset = 0
+    for t in parts:
+        if t.dtype != torch.float32 or t.stride() != strides:
+            return None
+        if t.data_ptr() != first.data_ptr() + 4 * offset or t.untyped_storage().data_ptr() != \
+                first.untyped_storage().data_ptr():
+            return None
+        offset += t.shape[2]
+    if offset != P:
+        return None
+    return first.as_strided((Bt, K, Lk, P), (K * Lk * P, Lk * P, P, 1), first.storage_offset())
 
 
 def _kernel_args(u, delta, A, B, C, D, z, delta_bias, delta_weight, index):
