@@ -23,10 +23,19 @@ from ._hierarchical import HierarchicalModelMixin
 __all__ = ['VMamba']
 
 
+class ChannelsLastInputConv2d(nn.Conv2d):
+    """The stem's first conv: reads the image channels-last, so its output is NHWC memory that the
+    Permute + LayerNorm after it read without a copy (and oneDNN's channels-last kernel is several times
+    faster on 3-channel input on CPU). Same parameters and values as nn.Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous(memory_format=torch.channels_last))
+
+
 def _stem_v1(in_chans: int, dim: int, patch_size: int, norm_eps: float, dd) -> nn.Sequential:
     # indices as the official v1 stem: 0 conv, 1 permute, 2 norm
     return nn.Sequential(
-        nn.Conv2d(in_chans, dim, patch_size, stride=patch_size, **dd),
+        ChannelsLastInputConv2d(in_chans, dim, patch_size, stride=patch_size, **dd),
         Permute(0, 2, 3, 1),
         nn.LayerNorm(dim, eps=norm_eps, **dd),
     )
@@ -35,7 +44,7 @@ def _stem_v1(in_chans: int, dim: int, patch_size: int, norm_eps: float, dd) -> n
 def _stem_v2(in_chans: int, dim: int, norm_eps: float, dd) -> nn.Sequential:
     # indices as the official v2 stem: 0 conv, 2 norm, 5 conv, 7 norm
     return nn.Sequential(
-        nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1, **dd),
+        ChannelsLastInputConv2d(in_chans, dim // 2, 3, stride=2, padding=1, **dd),
         Permute(0, 2, 3, 1),
         nn.LayerNorm(dim // 2, eps=norm_eps, **dd),
         Permute(0, 3, 1, 2),
