@@ -117,24 +117,81 @@ def work_split(B: int, K: int, D: int, grouped: bool = False) -> Dict[str, int]:
 
 def cost_model(B: int, K: int, D: int, L: int, Lk: int, N: int, R: int, grouped: bool = False,
                train: bool = False) -> Dict[str, float]:
-    """Bytes the fused CPU scan moves (float32, u/y channel-last), passes and tasks, for one call.
+    """What one call of the fused CPU scan moves and computes (float32 inside the kernel), per the .cpp header.
 
-    ``R`` = 0 for a full Δ (read as K*D*Lk floats). See the .cpp header for the model.
+    ``R`` = 0 for a full Δ (then read as B*K*D*Lk floats). ``min_bytes``: every input and output once
+    (u, y, the [dts | B | C] rows, a full Δ); ``touched_bytes``: what the loops read and write, most of it
+    from L2 (u and the y column once per direction, the rows once per 16-channel vector).
     """
     split = work_split(B, K, D, grouped)
+    vectors = split['vectors']
     Cmap = K * D if grouped else D
-    rows = B * K * Lk * (R + 2 * N)
-    delta = 0 if R else B * K * D * Lk
-    fwd = 4 * (B * Cmap * L * 2 + rows + delta)  # u read, y written, packed rows, full Δ if given
-    out = dict(forward_bytes=fwd, forward_passes_per_vector=K, forward_tasks=split['forward_tasks'],
-               fused_minimum_bytes=fwd, delta_bytes_saved=0 if not R else 4 * B * K * D * Lk)
+    P = R + 2 * N
+    rows, delta = B * K * Lk * P, (0 if R else B * K * D * Lk)
+    out = dict(
+        forward_tasks=split['forward_tasks'],
+        forward_min_bytes=4 * (2 * B * Cmap * L + rows + delta),
+        forward_touched_bytes=4 * (B * K * D * Lk * 3 + rows * vectors + delta + B * Cmap * L),
+        forward_passes=dict(per_vector_direction=1, zero=1, gate=1),
+        vector_ops_per_16_channel_steps=R + 45 + 12 * N + 4 * N,  # Δ, softplus, decays, recurrence
+        delta_bytes_not_moved=4 * B * K * D * Lk if R else 0,
+    )
     if train:
-        # backward: u, grad_out read and du written per direction pass; rows read; red workspace written + read
-        red = B * K * split['blocks'] * Lk * (R + 2 * N)
-        out.update(backward_bytes=4 * (B * Cmap * L * 3 + rows * 2 + delta * 2 + red * 2),
-                   backward_workspace_bytes=4 * (red + split['batch_groups'] * K * D * (N + 2 + R)),
-                   backward_tasks=split['backward_tasks'])
+        chunk = (8 << 20) // ((4 + 2 * N) * 64)  # STEP_STORE_BYTES / bytes per step record
+        red = B * K * split['blocks'] * Lk * P
+        out.update(
+            backward_tasks=split['backward_tasks'],
+            backward_forward_passes=1 if Lk <= chunk else 2,
+            backward_min_bytes=4 * (B * Cmap * L * 3 + rows * 2 + delta * 2),  # u, grad_out, du; rows, d rows
+            backward_workspace_bytes=4 * (red + split['batch_groups'] * K * D * (N + 2 + R)),
+            step_store_bytes_per_thread=min(Lk, chunk) * (4 + 2 * N) * 64,
+        )
     return out
+
+
+# VMamba-T (s1l8) scan layers at 224x224: (stage, D, H = W, R); N = 1, K = 4
+_VMAMBA_T = (('stage 1', 96, 56, 6), ('stage 2', 192, 28, 12), ('stage 3', 384, 14, 24), ('stage 4', 768, 7, 48))
+
+
+def _bench(batch: int, threads: int, iters: int) -> None:
+    """python -m vssm.ops.cpu_kernel: times the cpu backend on VMamba-T's scan layers, with the cost model."""
+    from .plans import build_index, VMAMBA_PLAN
+    from .scan import plan_selective_scan
+    torch.set_num_threads(threads)
+    print(f'fused CPU scan ({extension_name()}), VMamba-T layers at 224x224, batch {batch}, {threads} thread(s), '
+          f'process CPU time, best of {iters}')
+    print('| layer | D | L | R | tasks | fwd ms | fwd+bwd ms | fwd ns / 16 ch-steps | min MB fwd | workspace MB |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for stage, D, H, R in _VMAMBA_T:
+        L, K, N = H * H, 4, 1
+        idx = build_index(VMAMBA_PLAN.directions, H, H)
+        g = torch.Generator().manual_seed(0)
+        u = torch.randn(batch, L, D, generator=g).transpose(1, 2).requires_grad_(True)
+        x_dbl = torch.randn(batch, K, L, R + 2 * N, generator=g).requires_grad_(True)
+        dts, Bs, Cs = [t.transpose(-1, -2) for t in torch.split(x_dbl, [R, N, N], -1)]
+        A = -torch.rand(K * D, N, generator=g) - 0.5
+        Dv, bias = torch.randn(K * D, generator=g), torch.randn(K * D, generator=g) * 0.1
+        W = (torch.randn(K, D, R, generator=g) * R ** -0.5).requires_grad_(True)
+
+        def fwd():
+            return plan_selective_scan(u, dts, A, Bs, Cs, Dv, delta_bias=bias, index=idx, length=L, delta_weight=W,
+                                       backend='cpu')
+
+        def best(fn):
+            fn()
+            times = []
+            for _ in range(iters):
+                t0 = time.process_time()
+                fn()
+                times.append(time.process_time() - t0)
+            return min(times) * 1e3
+        with torch.no_grad():
+            f_ms = best(fwd)
+        fb_ms = best(lambda: fwd().backward(torch.ones(batch, D, L).transpose(1, 2)))
+        cost = cost_model(batch, K, D, L, L, N, R, train=True)
+        ns = f_ms * 1e6 / (batch * K * L * -(-D // 16))
+        print(f'| {stage} | {D} | {L} | {R} | {cost["forward_tasks"]} | {f_ms:.2f} | {fb_ms:.2f} | {ns:.1f} | '
+              f'{cost["forward_min_bytes"] / 1e6:.1f} | {cost["backward_workspace_bytes"] / 1e6:.2f} |')
 
 
 # ------------------------------------------------------------------------------------------ the backend
@@ -243,3 +300,13 @@ def _supports(device) -> bool:
 
 register_backend('cpu', Backend(plan_scan_cpu, backward=plan_scan_cpu_backward, differentiable=plan_scan_fast,
                                  supports=_supports, low_rank=True, grouped=True))
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description='time the fused CPU scan on VMamba-T layer shapes')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--iters', type=int, default=5)
+    cli = parser.parse_args()
+    _bench(cli.batch, cli.threads, cli.iters)

@@ -7,36 +7,42 @@
 // d(dts) and d(W) included, without materialising dΔ (B, K, D, L).
 //
 // Cost model (B batch, K directions, D channels per direction, L map positions, Lk steps per direction,
-// N states, R = rank of Δ, P = R + 2N values per step in the packed projection row [dts | B | C]):
+// N states, R = rank of Δ, P = R + 2N floats per step in the projection row [dts | B | C]; 16 channels
+// form one lane vector, V = ceil(D / 16) vectors):
 //
-//   work split   tasks = (batch item or batch group) x channel group (K for 'group', else 1) x channel
-//                block; a channel block is a whole number of 16-lane vectors; the K directions are walked
-//                inside the task in a fixed order (k = 0..K-1), so the task owns every output element of
-//                its block and no two tasks write the same float. The split aims at TARGET_TASKS (32)
-//                tasks from the shapes only (split_work below), never from the thread count: results
-//                are bitwise equal run to run and for any torch.get_num_threads(). Batch 1 still gets
-//                ceil(D / 16) tasks (6 for VMamba-T stage 1), run on at::parallel_for's threads.
-//   forward      one pass per (vector, direction): reads u at the visited positions (16 contiguous
-//                channels = one cache line per step when u is channel-last; any strides work), one
-//                packed row of P floats per step (shared by all vectors; L1/L2 resident), writes y into
-//                the output (read-modify-write for sum/mean/group: the vector's output column,
-//                L x 64 B, stays in L2 while the K directions add into it), then one gate/scale pass.
-//                Bytes per image from memory: u (D L) + y (D L) + K Lk P for the rows, all float32;
-//                Δ costs R FMAs per channel and step instead of K D L floats of traffic. Compute per
-//                channel and step: R FMA + softplus (exp, log1p) + N x (exp + 3 FMA).
-//   backward     per (batch item, vector, direction): one forward pass storing per step dt, softplus',
-//                u, the upstream gradient and the N states (16 lanes x (4 + N) floats, a per-task buffer
-//                capped at STEP_STORE_BYTES = 4 MiB; longer directions are cut into chunks that restart
-//                from stored checkpoint states: one extra forward pass), then the reverse walk.
+//   work split   tasks = (batch item, or batch group in backward) x channel group (K for 'group', else 1)
+//                x channel block of whole vectors. The K directions are walked inside the task in a fixed
+//                order (k = 0..K-1), so a task owns every output element of its block and no two tasks
+//                write the same float. split_work() aims at TARGET_TASKS = 32 tasks from the shapes only,
+//                never from the thread count: results are bitwise equal run to run and for any
+//                torch.get_num_threads(). Batch 1 still gets min(V, 32) tasks (6 for VMamba-T stage 1),
+//                spread over at::parallel_for's threads.
+//   forward      per (vector, direction), in blocks of STEP_BLOCK = 32 steps: pass 1 computes Δ, softplus
+//                and the decays exp(Δ A_n) for the block (no carried dependency, so it runs at ALU
+//                throughput: R + ~45 + N x ~12 vector ops per step); pass 2 is the recurrence, a few FMAs
+//                per state, reading u at the visited position (one 64 B line when u is channel-last) and
+//                adding y into the output (the vector's output column, L x 64 B, stays in L2 while the
+//                K directions add into it); then one gate/scale pass per column.
+//                Memory per image: u and y D L floats each, K Lk P floats of rows; Δ is R FMAs per
+//                channel-step instead of K D L floats of traffic (VMamba-T: 7.3 MB/image instead of 19.1
+//                in fp16, DESIGN §2). Measured (docs/scan_kernel.md): about 25 ns per 16 channel-steps
+//                on a shared AVX-512 core, ALU-bound.
+//   backward     per (batch item, vector, direction): one forward pass keeping per step dt, softplus',
+//                u, the upstream gradient, h[N] and exp(Δ A)[N] (16 lanes x (4 + 2N) floats, a per-task
+//                store capped at STEP_STORE_BYTES = 8 MiB; longer directions are cut into chunks that
+//                restart from checkpoint states: one extra forward pass), then the reverse walk.
 //                Reads u, grad_out, z once per direction, writes du, dz, ddelta (full Δ only) once.
-//                Reductions over channels (d(dts), dB, dC per step) are summed over the task's vectors in
-//                order and written as one row per channel block: workspace B x K x blocks x Lk x P floats
-//                (blocks = 1 for batch >= 32), summed over blocks in order by a final pass that writes
-//                the gradients in their tensors' strides. Parameter gradients (dA, dD, d bias, dW) are
-//                accumulated per task over its batch items and steps, stored per batch group
-//                (groups x K x D x (N + 2 + R) floats, at most 32 copies of the parameters), summed
-//                over groups in order. No float atomics anywhere.
+//                Channel sums per step (d(dts), dB, dC) are made 16 steps at a time: dB, dC by a
+//                transpose-and-add tree (sum16), d(dts) as W . dv from one transposed dv block (R FMAs
+//                per step); summed over the task's vectors in order into one row per channel block:
+//                workspace B x K x blocks x P x Lk floats (blocks = 1 once batch >= 32), summed over
+//                blocks in order by a final pass that writes the gradients in their tensors' strides.
+//                Parameter gradients (dA, dD, d bias, dW) are accumulated per task over its batch items
+//                and steps and stored per batch group (at most 32 copies of K x D x (N + 2 + R) floats),
+//                summed over groups in order. No float atomics anywhere.
 //
+// Lanes are a GCC/Clang vector type, so the same code compiles for AVX-512, AVX2 or SSE (VSSM_CPU_NATIVE=0);
+// exp2 uses AVX-512's roundscale/scalef where present. Built without -ffast-math: IEEE order, NaN kept.
 // Inputs are float32 (the Python wrapper converts other dtypes; float64 never comes here). Shapes,
 // dtypes, contiguity and index values are checked here too (TORCH_CHECK), so a direct call with a bad
 // index raises instead of writing out of bounds.
