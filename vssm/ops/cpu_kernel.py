@@ -187,7 +187,7 @@ def _bench(batch: int, threads: int, iters: int) -> None:
             return min(times) * 1e3
         with torch.no_grad():
             f_ms = best(fwd)
-        fb_ms = best(lambda: fwd().backward(torch.ones(batch, D, L).transpose(1, 2)))
+        fb_ms = best(lambda: fwd().backward(torch.ones(batch, L, D).transpose(1, 2)))
         cost = cost_model(batch, K, D, L, L, N, R, train=True)
         ns = f_ms * 1e6 / (batch * K * L * -(-D // 16))
         print(f'| {stage} | {D} | {L} | {R} | {cost["forward_tasks"]} | {f_ms:.2f} | {fb_ms:.2f} | {ns:.1f} | '
