@@ -1,39 +1,101 @@
 """'cpu' backend: the fused plan scan compiled from csrc/plan_scan_cpu.cpp on first use.
 
-torch's extension machinery builds it with the machine's C++ compiler (cached under
-~/.cache/torch_extensions). Forward runs fused in C++; gradients come from recomputing the
-C++ backward (reverse walk over recomputed states), so training works too. If the build fails (no compiler), the backend is
-simply not available and dispatch stays on 'fast'.
+torch's extension machinery builds it with the machine's C++ compiler, once per CPU kind: with
+``-march=native`` (the default; ``VSSM_CPU_NATIVE=0`` builds for the generic target) the extension's name
+carries a short hash of the CPU's ISA, so a cache directory shared by machines with different CPUs never
+hands one machine another's binary. One line on stderr announces a build. If the build fails (no
+compiler), the backend is simply not available and dispatch stays on 'fast'.
+
+The kernel computes Δ in low-rank form itself (``delta_weight``), runs grouped plans (merge 'group'), reads
+u, z and grad_out with their strides and writes the output channel-last and every gradient in its input's
+layout; float64 inputs go to the PyTorch path. The cost model is at the top of the .cpp file and in
+docs/scan_kernel.md ("CPU kernel").
 """
+import hashlib
 import os
+import platform
+import sys
+import time
 import warnings
 from pathlib import Path
+from typing import Dict, Optional
 
 import torch
 
-from .scan import Backend, plan_scan_fast, register_backend
+from .scan import Backend, plan_scan_fast, register_backend, _recompute_backward
 
-__all__ = ['load_extension', 'plan_scan_cpu', 'plan_scan_cpu_backward']
+__all__ = ['load_extension', 'plan_scan_cpu', 'plan_scan_cpu_backward', 'extension_name', 'work_split', 'cost_model']
 
 _SOURCE = Path(__file__).parent / 'csrc' / 'plan_scan_cpu.cpp'
+NATIVE_ENV = 'VSSM_CPU_NATIVE'  # 0: build for the compiler's generic target instead of -march=native
+# measured: 29 s wall, 31 s CPU on a 2-vCPU AMD EPYC (95-130 s while other jobs ran; docs/benchmarks.md);
+# the compile is one process, so more cores do not shorten it
+_BUILD_SECONDS = 30
 _EXT = None
 _FAILED = False
+_MERGE_CODES = {'sum': 0, 'mean': 1, 'none': 2, 'group': 3}
+_CPUINFO_KEYS = ('vendor_id', 'cpu family', 'model', 'model name', 'stepping', 'flags', 'Features',
+                 'CPU implementer', 'CPU architecture', 'CPU variant', 'CPU part')
+
+
+def _native() -> bool:
+    return os.environ.get(NATIVE_ENV, '1') != '0'
+
+
+def _isa_fingerprint() -> str:
+    """What -march=native compiles for: the first CPU's model and feature flags (or the platform's name)."""
+    lines = []
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if not line.strip():
+                    if lines:
+                        break  # the first processor is enough
+                    continue
+                key = line.split(':', 1)[0].strip()
+                if key in _CPUINFO_KEYS:
+                    lines.append(line.strip())
+    except OSError:
+        pass
+    return '\n'.join([platform.machine(), platform.processor(), *lines])
+
+
+def extension_name() -> str:
+    """vssm_plan_scan_cpu_<isa hash> (native builds) or vssm_plan_scan_cpu_generic."""
+    if not _native():
+        return 'vssm_plan_scan_cpu_generic'
+    return 'vssm_plan_scan_cpu_' + hashlib.sha1(_isa_fingerprint().encode()).hexdigest()[:10]
+
+
+def _needs_build(name: str) -> bool:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+        so = Path(_get_build_directory(name, verbose=False)) / f'{name}.so'
+    except Exception:  # a private helper: if it moves, announce the (possible) build anyway
+        return True
+    return not so.exists() or so.stat().st_mtime < _SOURCE.stat().st_mtime
 
 
 def load_extension(verbose: bool = False):
-    """Build (first time) and import the extension; None when it cannot be built here."""
+    """Build (first time on this CPU kind) and import the extension; None when it cannot be built here."""
     global _EXT, _FAILED
     if _EXT is not None or _FAILED:
         return _EXT
+    name = extension_name()
     try:
         from torch.utils.cpp_extension import load
-        import logging
-        logging.getLogger('vssm').info('building the fused CPU scan (first use only, about a minute)')
-        flags = ['-O3', '-ffast-math', '-fopenmp']
-        if os.environ.get('VSSM_CPU_NATIVE', '1') == '1':
+        flags = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-fopenmp']  # no -ffast-math: exact IEEE order, NaN kept
+        if _native():
             flags.append('-march=native')
-        _EXT = load('vssm_plan_scan_cpu', [str(_SOURCE)], extra_cflags=flags, extra_ldflags=['-fopenmp'],
-                    verbose=verbose)
+        building = _needs_build(name)
+        if building:
+            print(f'vssm: building the fused C++ CPU scan ({name}, {"-march=native" if _native() else "generic"}) '
+                  f'on first use; about {_BUILD_SECONDS} s (longer on a busy machine), cached for this CPU', file=sys.stderr,
+                  flush=True)
+        t0 = time.perf_counter()
+        _EXT = load(name, [str(_SOURCE)], extra_cflags=flags, extra_ldflags=['-fopenmp'], verbose=verbose)
+        if building:
+            print(f'vssm: fused C++ CPU scan built in {time.perf_counter() - t0:.0f} s', file=sys.stderr, flush=True)
     except Exception as e:  # no compiler, no headers: the PyTorch path still works
         _FAILED = True
         warnings.warn(f'vssm: the fused CPU scan could not be built ({type(e).__name__}: {e}); using the '
@@ -41,74 +103,200 @@ def load_extension(verbose: bool = False):
     return _EXT
 
 
-def _kernel_inputs(u, delta, A, B, C, D, delta_bias, index):
-    # channel-last, time-major inside each direction: the kernel's inner loop runs over channels
-    f32 = torch.float32
-    K = index.shape[0]
-    Dm = delta.shape[2]
-    empty = u.new_empty(0, dtype=f32)
-    return (
-        u.transpose(-1, -2).to(f32).contiguous(), delta.transpose(-1, -2).to(f32).contiguous(),
-        A.to(f32).reshape(K, Dm, -1).contiguous(), B.transpose(-1, -2).to(f32).contiguous(),
-        C.transpose(-1, -2).to(f32).contiguous(), D.to(f32).contiguous() if D is not None else empty,
-        delta_bias.to(f32).contiguous() if delta_bias is not None else empty, index.contiguous(),
+# ------------------------------------------------------------------------------------------ cost model
+
+def work_split(B: int, K: int, D: int, grouped: bool = False) -> Dict[str, int]:
+    """The kernel's work split for these sizes (from the shapes only, never the thread count)."""
+    ext = load_extension()
+    if ext is None:
+        raise RuntimeError('the fused CPU scan is not built here')
+    vectors, blocks, per_block, bgroups, per_bgroup = ext.plan_scan_split(B, K, D, int(grouped))
+    groups = K if grouped else 1
+    return dict(vectors=vectors, blocks=blocks, vectors_per_block=per_block, batch_groups=bgroups,
+                batch_per_group=per_bgroup, forward_tasks=B * groups * blocks,
+                backward_tasks=bgroups * groups * blocks)
+
+
+def cost_model(B: int, K: int, D: int, L: int, Lk: int, N: int, R: int, grouped: bool = False,
+               train: bool = False) -> Dict[str, float]:
+    """What one call of the fused CPU scan moves and computes (float32 inside the kernel), per the .cpp header.
+
+    ``R`` = 0 for a full Δ (then read as B*K*D*Lk floats). ``min_bytes``: every input and output once
+    (u, y, the [dts | B | C] rows, a full Δ); ``touched_bytes``: what the loops read and write, most of it
+    from L2 (u and the y column once per direction, the rows once per 16-channel vector).
+    """
+    split = work_split(B, K, D, grouped)
+    vectors = split['vectors']
+    Cmap = K * D if grouped else D
+    P = R + 2 * N
+    rows, delta = B * K * Lk * P, (0 if R else B * K * D * Lk)
+    out = dict(
+        forward_tasks=split['forward_tasks'],
+        forward_min_bytes=4 * (2 * B * Cmap * L + rows + delta),
+        forward_touched_bytes=4 * (B * K * D * Lk * 3 + rows * vectors + delta + B * Cmap * L),
+        forward_passes=dict(per_vector_direction=1, zero=1, gate=1),
+        vector_ops_per_16_channel_steps=R + 45 + 12 * N + 4 * N,  # Δ, softplus, decays, recurrence
+        delta_bytes_not_moved=4 * B * K * D * Lk if R else 0,
     )
+    if train:
+        chunk = (8 << 20) // ((4 + 2 * N) * 64)  # STEP_STORE_BYTES / bytes per step record
+        red = B * K * split['blocks'] * Lk * P
+        out.update(
+            backward_tasks=split['backward_tasks'],
+            backward_forward_passes=1 if Lk <= chunk else 2,
+            backward_min_bytes=4 * (B * Cmap * L * 3 + rows * 2 + delta * 2),  # u, grad_out, du; rows, d rows
+            backward_workspace_bytes=4 * (red + split['batch_groups'] * K * D * (N + 2 + R)),
+            step_store_bytes_per_thread=min(Lk, chunk) * (4 + 2 * N) * 64,
+        )
+    return out
+
+
+# VMamba-T (s1l8) scan layers at 224x224: (stage, D, H = W, R); N = 1, K = 4
+_VMAMBA_T = (('stage 1', 96, 56, 6), ('stage 2', 192, 28, 12), ('stage 3', 384, 14, 24), ('stage 4', 768, 7, 48))
+
+
+def _bench(batch: int, threads: int, iters: int) -> None:
+    """python -m vssm.ops.cpu_kernel: times the cpu backend on VMamba-T's scan layers, with the cost model."""
+    from .plans import build_index, VMAMBA_PLAN
+    from .scan import plan_selective_scan
+    torch.set_num_threads(threads)
+    # process CPU time for one thread (steadier on a shared machine); wall time for several (idle OpenMP
+    # threads spin, which process time would count)
+    clock = time.process_time if threads == 1 else time.perf_counter
+    print(f'fused CPU scan ({extension_name()}), VMamba-T layers at 224x224, batch {batch}, {threads} thread(s), '
+          f'{"process CPU" if threads == 1 else "wall"} time, best of {iters}')
+    print('| layer | D | L | R | tasks | fwd ms | fwd+bwd ms | fwd ns / 16 ch-steps | min MB fwd | workspace MB |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for stage, D, H, R in _VMAMBA_T:
+        L, K, N = H * H, 4, 1
+        idx = build_index(VMAMBA_PLAN.directions, H, H)
+        g = torch.Generator().manual_seed(0)
+        u = torch.randn(batch, L, D, generator=g).transpose(1, 2).requires_grad_(True)
+        x_dbl = torch.randn(batch, K, L, R + 2 * N, generator=g).requires_grad_(True)
+        dts, Bs, Cs = [t.transpose(-1, -2) for t in torch.split(x_dbl, [R, N, N], -1)]
+        A = -torch.rand(K * D, N, generator=g) - 0.5
+        Dv, bias = torch.randn(K * D, generator=g), torch.randn(K * D, generator=g) * 0.1
+        W = (torch.randn(K, D, R, generator=g) * R ** -0.5).requires_grad_(True)
+
+        def fwd():
+            return plan_selective_scan(u, dts, A, Bs, Cs, Dv, delta_bias=bias, index=idx, length=L, delta_weight=W,
+                                       backend='cpu')
+
+        def best(fn):
+            fn()
+            times = []
+            for _ in range(iters):
+                t0 = clock()
+                fn()
+                times.append(clock() - t0)
+            return min(times) * 1e3
+        with torch.no_grad():
+            f_ms = best(fwd)
+        fb_ms = best(lambda: fwd().backward(torch.ones(batch, L, D).transpose(1, 2)))
+        cost = cost_model(batch, K, D, L, L, N, R, train=True)
+        ns = f_ms * 1e6 / (batch * K * L * -(-D // 16))
+        print(f'| {stage} | {D} | {L} | {R} | {cost["forward_tasks"]} | {f_ms:.2f} | {fb_ms:.2f} | {ns:.1f} | '
+              f'{cost["forward_min_bytes"] / 1e6:.1f} | {cost["backward_workspace_bytes"] / 1e6:.2f} |')
+
+
+# ------------------------------------------------------------------------------------------ the backend
+
+_EMPTY = torch.empty(0)
 
 
 def _has_float64(*tensors) -> bool:
     return any(t is not None and t.dtype == torch.float64 for t in tensors)
 
 
-def _forward_ungated(ext, u, delta, A, B, C, D, delta_bias, index, length, merge, delta_softplus):
-    out = ext.plan_scan_forward(*_kernel_inputs(u, delta, A, B, C, D, delta_bias, index), length, merge == 'none',
-                                delta_softplus).transpose(-1, -2)
-    return out / index.shape[0] if merge == 'mean' else out
+def _f32(t: Optional[torch.Tensor]) -> torch.Tensor:
+    # float32 in the same strides: no copy for float32 inputs (other dtypes convert, keeping the layout)
+    if t is None:
+        return _EMPTY
+    return t if t.dtype == torch.float32 else t.float()
 
 
-def _gate(z, merge):
-    gate = torch.nn.functional.silu(z.float())
-    return gate[:, None] if merge == 'none' else gate
+def _small(t: Optional[torch.Tensor]) -> torch.Tensor:
+    # parameters (A, D, bias, weight): small, made contiguous float32 (no copy for SS2D's)
+    return _EMPTY if t is None else t.float().contiguous()
+
+
+def _pack_rows(dts: Optional[torch.Tensor], B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """(Bt, K, Lk, R + 2N) float32 rows [dts | B | C]: one step's per-direction inputs, contiguous.
+
+    A repack, on purpose: dts, B and C are K*(R+2N) floats per position against D for u (8 against 96 for
+    VMamba-T stage 1), and one contiguous row per step is what the kernel's inner loop wants.
+    """
+    Bt, K, N, Lk = B.shape
+    R = dts.shape[2] if dts is not None else 0
+    shared = _one_buffer([t for t in (dts, B, C) if t is not None], R + 2 * N)
+    if shared is not None:  # SS2D and the 1D mixer split one projection: read it in place
+        return shared
+    rows = torch.empty(Bt, K, Lk, R + 2 * N, dtype=torch.float32)
+    if dts is not None:
+        rows[..., :R].copy_(dts.transpose(-1, -2))
+    rows[..., R:R + N].copy_(B.transpose(-1, -2))
+    rows[..., R + N:].copy_(C.transpose(-1, -2))
+    return rows
+
+
+def _one_buffer(parts, P: int) -> Optional[torch.Tensor]:
+    """The (Bt, K, Lk, P) float32 buffer that parts (each (Bt, K, width, Lk), channel stride 1) tile side by
+    side, when they do (views of one contiguous projection split along channels); else None."""
+    first = parts[0]
+    Bt, K, _, Lk = first.shape
+    strides = (K * Lk * P, Lk * P, 1, P)
+    offset = 0
+    for t in parts:
+        if t.dtype != torch.float32 or t.stride() != strides:
+            return None
+        if t.data_ptr() != first.data_ptr() + 4 * offset or t.untyped_storage().data_ptr() != \
+                first.untyped_storage().data_ptr():
+            return None
+        offset += t.shape[2]
+    if offset != P:
+        return None
+    return first.as_strided((Bt, K, Lk, P), (K * Lk * P, Lk * P, P, 1), first.storage_offset())
+
+
+def _kernel_args(u, delta, A, B, C, D, z, delta_bias, delta_weight, index):
+    low_rank = delta_weight is not None
+    return (_f32(u), _EMPTY if low_rank else _f32(delta), _small(delta_weight), _small(A),
+            _pack_rows(delta if low_rank else None, B, C), _small(D), _small(delta_bias), _f32(z),
+            index.contiguous())
 
 
 def plan_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
-                  delta_softplus=True):
+                  delta_softplus=True, delta_weight=None):
     """Same contract as plan_scan_reference; float32 compute (float64 inputs go to the PyTorch path)."""
-    if _has_float64(u, delta, A, B, C, D, z, delta_bias):
+    if _has_float64(u, delta, A, B, C, D, z, delta_bias, delta_weight):
         return plan_scan_fast(u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
-                              delta_softplus=delta_softplus)
-    out = _forward_ungated(load_extension(), u, delta, A, B, C, D, delta_bias, index, length, merge, delta_softplus)
-    if z is not None:
-        out = out * _gate(z, merge)
-    return out.to(u.dtype)
+                              delta_softplus=delta_softplus, delta_weight=delta_weight)
+    out = load_extension().plan_scan_forward(
+        *_kernel_args(u, delta, A, B, C, D, z, delta_bias, delta_weight, index), int(length), _MERGE_CODES[merge],
+        delta_softplus)
+    return out if u.dtype == torch.float32 else out.to(u.dtype)
 
 
 def plan_scan_cpu_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length,
-                           merge='sum', delta_softplus=True):
-    """Gradients for (u, delta, A, B, C, D, z, delta_bias) in the input layouts and dtypes."""
-    inputs = (u, delta, A, B, C, D, z, delta_bias)
+                           merge='sum', delta_softplus=True, delta_weight=None):
+    """Gradients for (u, delta, A, B, C, D, z, delta_bias[, delta_weight]) in the inputs' dtypes and layouts.
+
+    With ``delta_weight`` the second gradient is d(dts) (Bt, K, R, Lk) and a ninth, d(delta_weight), follows.
+    """
+    inputs = (u, delta, A, B, C, D, z, delta_bias) + ((delta_weight,) if delta_weight is not None else ())
     if _has_float64(grad_out, *inputs):
-        from .scan import _recompute_backward
         return _recompute_backward(plan_scan_fast, grad_out, inputs, index, length, merge, delta_softplus)
-    ext = load_extension()
-    g = grad_out.float()
-    dz = None
-    if z is not None:
-        y = _forward_ungated(ext, u, delta, A, B, C, D, delta_bias, index, length, merge, delta_softplus)
-        zf = z.float()
-        sig = torch.sigmoid(zf)
-        dsilu = sig * (1 + zf * (1 - sig))
-        dz = g * y * (dsilu[:, None] if merge == 'none' else dsilu)
-        dz = dz.sum(1) if merge == 'none' else dz
-        g = g * _gate(z, merge)
-    if merge == 'mean':
-        g = g / index.shape[0]
-    du, ddelta, dA, dB, dC, dD, dbias = ext.plan_scan_backward(
-        *_kernel_inputs(u, delta, A, B, C, D, delta_bias, index), g.transpose(-1, -2).contiguous(),
-        merge == 'none', delta_softplus)
-    grads = (du.transpose(-1, -2), ddelta.transpose(-1, -2), dA.reshape(A.shape), dB.transpose(-1, -2),
-             dC.transpose(-1, -2), dD.reshape(-1) if D is not None else None, dz,
-             dbias.reshape(-1) if delta_bias is not None else None)
-    return [gr.to(t.dtype) if gr is not None else None for gr, t in zip(grads, inputs)]
+    low_rank = delta_weight is not None
+    # the channel sums (d(dts), dB, dC) are written by the kernel straight into their inputs' layouts
+    g_dts = torch.empty_like(delta, dtype=torch.float32) if low_rank else _EMPTY
+    g_B = torch.empty_like(B, dtype=torch.float32)
+    g_C = torch.empty_like(C, dtype=torch.float32)
+    du, ddelta, dA, dD, dz, dbias, dW = load_extension().plan_scan_backward(
+        _f32(grad_out), *_kernel_args(u, delta, A, B, C, D, z, delta_bias, delta_weight, index), int(length),
+        _MERGE_CODES[merge], delta_softplus, g_dts, g_B, g_C)
+    grads = [du, g_dts if low_rank else ddelta, dA, g_B, g_C, dD if D is not None else None, dz,
+             dbias if delta_bias is not None else None] + ([dW] if low_rank else [])
+    return [g.to(t.dtype) if g is not None else None for g, t in zip(grads, inputs)]
 
 
 def _supports(device) -> bool:
@@ -116,4 +304,14 @@ def _supports(device) -> bool:
 
 
 register_backend('cpu', Backend(plan_scan_cpu, backward=plan_scan_cpu_backward, differentiable=plan_scan_fast,
-                                 supports=_supports))
+                                 supports=_supports, low_rank=True, grouped=True))
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description='time the fused CPU scan on VMamba-T layer shapes')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--iters', type=int, default=5)
+    cli = parser.parse_args()
+    _bench(cli.batch, cli.threads, cli.iters)
