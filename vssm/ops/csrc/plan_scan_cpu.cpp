@@ -148,7 +148,7 @@ constexpr float kLog2e = 1.44269504088896341f;
 // with -ffast-math), f in [-1/2, 1/2]; 2^f by a degree-6 minimax polynomial (relative error 1e-7);
 // 2^n from n's bits. Clamped at -125 so results stay normal floats (no denormal slow paths).
 inline V exp2_neg(V y) {
-  y = vmax(y, splat(-125.0f));
+  y = y < -125.0f ? splat(-125.0f) : y;  // not vmax: a NaN must stay NaN (vmax(NaN, c) gives c)
 #if defined(__AVX512F__)
   // AVX-512: round and scale by 2^n in one instruction each
   const V n = (V)_mm512_roundscale_ps((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
