@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv with the pinned torch / timm stack, vssm (editable) and its dev + OpenMMLab extras.
+# Set up .venv with the pinned torch / timm stack, vssm (editable) and its dev, deploy and OpenMMLab extras.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,10 @@ if ! $VPY -c "import torch, torchvision; assert torch.__version__.startswith('2.
 fi
 if ! $VPY -c "import vssm, timm, fvcore, pytest, sklearn" 2>/dev/null; then
   $VPY -m pip install -q -e '.[dev]'
+fi
+# the deploy extra: ONNX export (onnx, onnxscript) and onnxruntime for tools/export.py and its tests
+if ! $VPY -c "import onnx, onnxscript, onnxruntime" 2>/dev/null; then
+  $VPY -m pip install -q -e '.[deploy]'
 fi
 if [ -f scripts/install_mm.sh ] && [ "${VSSM_SKIP_MM:-0}" != "1" ]; then
   bash scripts/install_mm.sh "$VPY"

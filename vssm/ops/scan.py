@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .plans import cross_merge, cross_scan, validate_index, MERGE_MODES
-from .selective_scan import selective_scan_fast, selective_scan_ref, compute_dtype
+from .selective_scan import _cast, selective_scan_fast, selective_scan_ref, compute_dtype
 
 __all__ = [
     'plan_selective_scan', 'plan_scan_reference', 'plan_scan_fast', 'register_backend',
@@ -51,7 +51,7 @@ def expand_delta(delta: torch.Tensor, delta_weight: Optional[torch.Tensor]) -> t
     if delta_weight is None:
         return delta
     ct = torch.promote_types(delta.dtype, delta_weight.dtype)
-    return torch.einsum('kdr,bkrl->bkdl', delta_weight.to(ct), delta.to(ct))
+    return torch.einsum('kdr,bkrl->bkdl', _cast(delta_weight, ct), _cast(delta, ct))
 
 
 def _plan_scan_with(seq_scan, u, delta, A, B, C, D, z, delta_bias, index, length, merge, delta_softplus,
@@ -64,13 +64,13 @@ def _plan_scan_with(seq_scan, u, delta, A, B, C, D, z, delta_bias, index, length
     Bt, K, Dm, Lk = us.shape
     ct = compute_dtype(u, delta, A, B, C, D, delta_bias, z, delta_weight)
     delta = expand_delta(delta, delta_weight)
-    y = seq_scan(us.to(ct).reshape(Bt, K * Dm, Lk), delta.reshape(Bt, K * Dm, Lk), A, B, C, D,
+    y = seq_scan(_cast(us, ct).reshape(Bt, K * Dm, Lk), delta.reshape(Bt, K * Dm, Lk), A, B, C, D,
                  None, delta_bias, delta_softplus)
     out = merge_fn(y.view(Bt, K, Dm, Lk), index, length, merge)
     if z is not None:
-        gate = F.silu(z.to(ct))
+        gate = F.silu(_cast(z, ct))
         out = out * (gate[:, None] if merge == 'none' else gate)
-    return out.to(u.dtype)
+    return _cast(out, u.dtype)
 
 
 def plan_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
