@@ -394,11 +394,11 @@ def plan_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, i
     compute Δ inside the kernel, and nothing of B*K*D*L elements is saved for backward.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge)
+    index = index.to(u.device)
     if torch.compiler.is_exporting():  # torch.export / ONNX / AOTInductor: standard ops, no custom op in the graph
         return _load_backend('export').forward(u, delta, A, B, C, D, z, delta_bias, index=index, length=length,
                                                merge=merge, delta_softplus=delta_softplus, delta_weight=delta_weight)
     name = resolve_backend(u.device, backend, merge)
-    index = index.to(u.device)
     return _plan_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge, delta_softplus,
                          name)
 
