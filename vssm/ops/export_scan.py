@@ -4,7 +4,8 @@
 custom-op domain, and the ``fast`` backend picks its chunk bounds from the data (``.tolist()``), which a graph
 cannot hold. This backend computes the same op (the whole contract: map or sequence u, low-rank Δ, merges
 sum / mean / none / group, z, D, -1 padding) from ops every exporter knows: gather, mul, add, exp, cumsum,
-pad, einsum; the merge is a gather too (no scatter-add: see ``merge_by_gather``). ``plan_selective_scan`` routes to it while ``torch.compiler.is_exporting()``.
+pad, einsum; the merge is a gather too (no scatter-add: see ``merge_by_gather``). ``plan_selective_scan``
+routes to it while ``torch.compiler.is_exporting()``.
 
 The recurrence h_t = exp(a_t) h_{t-1} + b_t (a = Δ·A <= 0) runs as a blocked parallel scan:
     1. cut the sequence into chunks of CHUNK steps (zero-padded at the end: decay 1, input 0);
@@ -13,12 +14,16 @@ The recurrence h_t = exp(a_t) h_{t-1} + b_t (a = Δ·A <= 0) runs as a blocked p
        by the same function (recursion depth ceil(log_CHUNK(L)), fixed by L);
     4. h_t = local_t + exp(S_t) * (state entering the chunk), S_t = cumsum of a inside the chunk.
 Every exponent is a sum of a <= 0, so no exp ever exceeds 1: nothing overflows whatever Δ and A are (the
-closed form exp(S_t) * cumsum(exp(-S_s) ...) of the ``fast`` backend overflows past |S| ~ 88 in float32).
+closed form exp(S_t) * cumsum(exp(-S_s) ...) of the ``fast`` backend overflows past |S| ~ 88 in float32, which
+is why it cuts its chunks where the data says, something a graph cannot do).
 
 Cost model, per (batch, direction, channel, state) lane and L steps: about 2·L multiply-adds in step 2, 3·L
 elementwise ops in step 4, and L/CHUNK + L/CHUNK² + ... for the levels above; memory O(L·N) per channel (the
-state of every step, as C·h needs it), never the O(L·CHUNK·N) of a segment-sum matrix. The graph holds
-about 2·CHUNK nodes per recursion level: ~100 per scan for the 3136 steps of a 56x56 map.
+state of every step, as C·h needs it), never the O(L·CHUNK·N) of a segment-sum matrix. The first level runs
+time-major (see ``selective_scan_export``). The graph holds about 2·CHUNK nodes per recursion level: ~100 per
+scan for the 3136 steps of a 56x56 map. Profiled in onnxruntime (1 thread, EfficientVMamba-T, 224², batch 1,
+2026-12-01): 274 ms per image, of which convs and matmuls take 16 ms and the scan's gathers, splits, slices,
+multiply-adds, exp and cumsum nearly all the rest; docs/benchmarks.md has the throughput table.
 """
 from typing import Optional
 
@@ -62,22 +67,63 @@ def linear_recurrence(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK) -> t
     ends = linear_recurrence(S[..., -1], local[..., -1], chunk)  # true state at each chunk's end
     entering = F.pad(ends[..., :-1], (1, 0))  # state entering each chunk (zero for the first)
     h = local + torch.exp(S) * entering[..., None]
-    return h.flatten(-2)[..., :L]
+    return h.flatten(-2)[..., :L] if pad else h.flatten(-2)
+
+
+def _time_major(t: torch.Tensor, chunks: int, chunk: int) -> torch.Tensor:
+    """(..., L) -> (..., chunk, chunks): step j of every chunk side by side, zero-padded at the end."""
+    pad = chunks * chunk - t.shape[-1]
+    if pad:
+        t = F.pad(t, (0, pad))
+    # a gather, not a transpose: onnxruntime's transpose optimiser would push a Transpose past the
+    # broadcasting multiplies onto the N-wide tensors and bring the strided layout back
+    order = torch.arange(chunks * chunk, device=t.device).view(chunks, chunk).t().reshape(-1)
+    return t.index_select(-1, order).unflatten(-1, (chunk, chunks))
 
 
 def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           chunk: int = CHUNK):
-    """Sequence-form selective scan (same signature and values as ``selective_scan_ref``), exportable."""
+    """Sequence-form selective scan (same signature and values as ``selective_scan_ref``), exportable.
+
+    The first level of ``linear_recurrence`` is laid out time-major here: the N-wide state tensors are born in
+    (.., step-in-chunk, chunk) order from the small inputs (Δ, u, B, C have no state axis, or a small one), so
+    every loop step reads and writes contiguous rows and no N-wide tensor is transposed (in onnxruntime the
+    strided splits, stacks and cumsums of the time-last layout took half the model's time).
+    """
     if u.device.type == 'meta':
         return torch.empty_like(u)
     shape, dtype = u.shape, u.dtype
     us, delta, A, B, C, _ = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
-    # (B, G, Dg, N, L): time last, one lane per (batch, channel, state)
-    a = delta[:, :, :, None, :] * A[..., None]
-    b = (delta * us)[:, :, :, None, :] * B.transpose(-1, -2)
-    h = linear_recurrence(a, b, chunk)
-    y = (h * C.transpose(-1, -2)).sum(-2)
+    L = us.shape[-1]
+    T = min(chunk, L)
+    n = -(-L // T)
+    # (B, G, Dg, T, n) and (B, G, 1, N, T, n); padded steps have Δ = 0: decay 1, no input
+    d_tm = _time_major(delta, n, T)
+    x_tm = _time_major(delta * us, n, T)
+    B_tm = _time_major(B.transpose(-1, -2), n, T)
+    C_tm = _time_major(C.transpose(-1, -2), n, T)
+    a = d_tm[:, :, :, None] * A[..., None, None]  # (B, G, Dg, N, T, n), <= 0
+    b = x_tm[:, :, :, None] * B_tm
+    local = _steps_tm(torch.exp(a), b)  # every chunk from a zero state
+    S = torch.cumsum(a, dim=-2)  # decay exponent from the chunk start, <= 0
+    ends = linear_recurrence(S[..., -1, :], local[..., -1, :], chunk)  # true state at each chunk's end
+    entering = F.pad(ends[..., :-1], (1, 0))
+    h = local + torch.exp(S) * entering[..., None, :]
+    y = (h * C_tm).sum(3).transpose(-1, -2).flatten(-2)  # (B, G, Dg, n*T), time-last again (no state axis)
+    if n * T != L:
+        y = y[..., :L]
     return _finish(y, us, D, z, dtype, shape)
+
+
+def _steps_tm(decay: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    """``_steps`` along dim -2 of time-major tensors (..., T, n)."""
+    decay, inp = decay.unbind(-2), inp.unbind(-2)
+    h = inp[0]
+    states = [h]
+    for t in range(1, len(inp)):
+        h = decay[t] * h + inp[t]
+        states.append(h)
+    return torch.stack(states, dim=-2)
 
 
 def inverse_index(index: torch.Tensor, length: int) -> torch.Tensor:
