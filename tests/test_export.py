@@ -72,20 +72,22 @@ def _scan_case(directions, H, W, merge, seq_u, low_rank, Bt=2, Dm=3, N=2, R=2, d
 
 # every plan kind (row/column + flips, windows with padding, atrous phases of unequal length, the 1-D
 # sequence) with each merge it is used with, map and sequence u, full and low-rank Δ
+# (N: one state takes the time-last path, more the time-major one)
 SCAN_CASES = [
-    (('h', 'v', 'h_flip', 'v_flip'), 7, 40, 'sum', False, True),  # VMamba: 280 steps, three recursion levels
-    (('h', 'h_flip'), 1, 37, 'mean', True, True),  # Vim: sequence u, 1-D
-    (('w2', 'w7_flip', 'h', 'v_flip'), 9, 11, 'none', False, False),  # LocalMamba: padded windows, full Δ
-    (('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'), 5, 7, 'sum', False, True),  # EfficientVMamba, odd map
-    (('h', 'v', 'h_flip', 'v_flip'), 6, 5, 'group', False, True),  # GroupMamba: grouped channels
-    (('h', 'v'), 4, 4, 'mean', True, False),
+    (('h', 'v', 'h_flip', 'v_flip'), 7, 40, 'sum', False, True, 1),  # VMamba: 280 steps, three levels, N=1
+    (('h', 'v', 'h_flip', 'v_flip'), 7, 40, 'sum', False, True, 3),
+    (('h', 'h_flip'), 1, 37, 'mean', True, True, 2),  # Vim: sequence u, 1-D
+    (('w2', 'w7_flip', 'h', 'v_flip'), 9, 11, 'none', False, False, 2),  # LocalMamba: padded windows, full Δ
+    (('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'), 5, 7, 'sum', False, True, 2),  # EfficientVMamba, odd map
+    (('h', 'v', 'h_flip', 'v_flip'), 6, 5, 'group', False, True, 1),  # GroupMamba: grouped channels
+    (('h', 'v'), 4, 4, 'mean', True, False, 2),
 ]
 
 
-@pytest.mark.parametrize('directions,H,W,merge,seq_u,low_rank', SCAN_CASES)
-def test_export_scan_matches_reference(directions, H, W, merge, seq_u, low_rank):
+@pytest.mark.parametrize('directions,H,W,merge,seq_u,low_rank,N', SCAN_CASES)
+def test_export_scan_matches_reference(directions, H, W, merge, seq_u, low_rank, N):
     """Values in float32 (what is exported) and float64, and gradients, against the float64 reference."""
-    args, kw = _scan_case(directions, H, W, merge, seq_u, low_rank)
+    args, kw = _scan_case(directions, H, W, merge, seq_u, low_rank, N=N)
     ref = plan_selective_scan(**args, **kw, backend='reference')
     got64 = plan_selective_scan(**args, **kw, backend='export')
     torch.testing.assert_close(got64, ref, rtol=1e-12, atol=1e-12)
