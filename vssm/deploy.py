@@ -17,14 +17,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import timm
 import torch
 from torch.utils._pytree import tree_leaves
 
 __all__ = [
     'FORMATS', 'ExportConfigError', 'ExportRequest', 'vssm_models', 'check_request', 'build_model',
-    'example_input', 'export_program', 'save_artifact', 'load_artifact', 'max_differences', 'onnx_op_domains', 'export_and_check',
+    'example_input', 'export_program', 'save_artifact', 'load_artifact', 'max_differences', 'onnx_op_domains',
+    'export_and_check',
 ]
 
 FORMATS = ('onnx', 'pt2', 'aoti')
@@ -164,7 +164,8 @@ def save_artifact(ep, fmt: str, path: str) -> str:
     return path
 
 
-def load_artifact(path: str, fmt: str, num_threads: Optional[int] = None) -> Callable[[torch.Tensor], List[torch.Tensor]]:
+def load_artifact(path: str, fmt: str,
+                  num_threads: Optional[int] = None) -> Callable[[torch.Tensor], List[torch.Tensor]]:
     """A callable image batch -> list of output tensors: onnxruntime (CPU) for ONNX, the loaded
     ExportedProgram for pt2, the AOTInductor runner for aoti."""
     if fmt == 'onnx':

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from .scan import Backend, _empty_output, _plan_scan_with, register_backend
 from .selective_scan import _finish, _prepare
 
-__all__ = ['CHUNK', 'linear_recurrence', 'selective_scan_export', 'inverse_index', 'merge_by_gather', 'plan_scan_export']
+__all__ = ['CHUNK', 'linear_recurrence', 'selective_scan_export', 'inverse_index', 'merge_by_gather',
+           'plan_scan_export']
 
 # steps per chunk: the in-chunk loop length (graph size) against the number of chunks (recursion levels)
 CHUNK = 16
