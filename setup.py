@@ -29,6 +29,8 @@ setup(
         # mmengine 0.10.7 needs pkg_resources at run time, hence setuptools<81
         'mm': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0', 'mmsegmentation==1.2.2', 'ftfy', 'regex',
                'pycocotools', 'setuptools<81'],
+        # tools/export.py: torch.onnx's exporter (onnxscript) and onnxruntime to run and check the ONNX files
+        'deploy': ['onnx>=1.23', 'onnxscript>=0.7', 'onnxruntime>=1.32'],  # the versions tested
     },
     license='MIT',
 )

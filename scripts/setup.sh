@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with the pinned torch / timm stack (constraints.txt), vssm (editable) and its dev, tools and
-# OpenMMLab extras.
+# Set up .venv with the pinned torch / timm stack (constraints.txt), vssm (editable) and its dev, tools, deploy
+# and OpenMMLab extras.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,10 @@ if ! $VPY -c "import torch, torchvision; assert torch.__version__.split('+')[0] 
 fi
 if ! $VPY -c "import vssm, timm, fvcore, pytest, sklearn, matplotlib, hypothesis" 2>/dev/null; then
   $VPY -m pip install -q "${PIN[@]}" -e '.[dev,tools]'
+fi
+# the deploy extra: ONNX export (onnx, onnxscript) and onnxruntime for tools/export.py and its tests
+if ! $VPY -c "import onnx, onnxscript, onnxruntime" 2>/dev/null; then
+  $VPY -m pip install -q "${PIN[@]}" -e '.[deploy]'
 fi
 if [ -f scripts/install_mm.sh ] && [ "${VSSM_SKIP_MM:-0}" != "1" ]; then
   bash scripts/install_mm.sh "$VPY"

@@ -14,6 +14,7 @@ Direction names:
 import re
 import weakref
 from collections import OrderedDict
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Sequence, Tuple
 
@@ -79,14 +80,26 @@ def with_middle_token(index: torch.Tensor, num_positions: int) -> torch.Tensor:
 
 @lru_cache(maxsize=256)
 def _index_cpu(directions: Tuple[str, ...], H: int, W: int, middle_token: bool = False) -> torch.Tensor:
-    orders = [_direction_order(d, H, W) for d in directions]
-    length = max(o.numel() for o in orders)
-    # directions of unequal length (atrous phases on odd maps) are padded at the end: a causal scan's
-    # earlier outputs do not depend on what follows, and padded outputs are dropped by the merge
-    index = torch.full((len(orders), length), -1, dtype=torch.long)
-    for k, o in enumerate(orders):
-        index[k, :o.numel()] = o
-    return with_middle_token(index, H * W) if middle_token else index
+    # a constant of the plan, never a traced value: torch.export's fake / proxy modes would otherwise turn it
+    # into a fake tensor, which the cache would then hand to eager calls
+    with _real_tensors():
+        orders = [_direction_order(d, H, W) for d in directions]
+        length = max(o.numel() for o in orders)
+        # directions of unequal length (atrous phases on odd maps) are padded at the end: a causal scan's
+        # earlier outputs do not depend on what follows, and padded outputs are dropped by the merge
+        index = torch.full((len(orders), length), -1, dtype=torch.long)
+        for k, o in enumerate(orders):
+            index[k, :o.numel()] = o
+        return with_middle_token(index, H * W) if middle_token else index
+
+
+def _real_tensors():
+    """Suspend torch dispatch modes (fake tensors, proxy tracing) while building a constant; dynamo traces
+    the plain code instead (it keeps no cache, so nothing leaks)."""
+    if torch.compiler.is_dynamo_compiling():
+        return nullcontext()
+    from torch.utils._python_dispatch import _disable_current_modes
+    return _disable_current_modes()
 
 
 # device copies of index maps, least recently used dropped first: multi-scale training meets many map sizes
@@ -113,7 +126,7 @@ def build_index(directions: Sequence[str], H: int, W: int, device=None, middle_t
     key = (tuple(directions), int(H), int(W), bool(middle_token), str(device))
     index = _DEVICE_CACHE.get(key)
     if index is None:
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), _real_tensors():
             index = _DEVICE_CACHE[key] = cpu.to(device)
         while len(_DEVICE_CACHE) > _DEVICE_CACHE_SIZE:
             _DEVICE_CACHE.popitem(last=False)

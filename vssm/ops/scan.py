@@ -22,7 +22,8 @@ Outputs are laid out channel-last: a (Bt, Dm, L) result has (Bt, L, Dm) memory, 
 after the scan reads without a copy.
 
 Backends: 'reference' (the oracle), 'fast' (chunked PyTorch, CPU default), 'triton' (fused GPU
-kernel) and 'cuda' (native extension) when present. ``VSSM_SCAN_BACKEND`` forces one.
+kernel) and 'cuda' (native extension) when present. ``VSSM_SCAN_BACKEND`` forces one. While
+``torch.export`` traces, the call takes 'export' (export_scan.py: standard ops, fixed loop lengths).
 The call goes through the ``vssm::plan_scan`` custom op so torch.compile and jit tracing (FLOP
 counting) see one op.
 """
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .plans import cross_merge, cross_scan, validate_index, MERGE_MODES
-from .selective_scan import selective_scan_fast, selective_scan_ref, compute_dtype
+from .selective_scan import _cast, selective_scan_fast, selective_scan_ref, compute_dtype
 
 __all__ = [
     'plan_selective_scan', 'plan_scan_reference', 'plan_scan_fast', 'register_backend',
@@ -50,11 +51,11 @@ def expand_delta(delta: torch.Tensor, delta_weight: Optional[torch.Tensor]) -> t
     if delta_weight is None:
         return delta
     ct = torch.promote_types(delta.dtype, delta_weight.dtype)
-    return torch.einsum('kdr,bkrl->bkdl', delta_weight.to(ct), delta.to(ct))
+    return torch.einsum('kdr,bkrl->bkdl', _cast(delta_weight, ct), _cast(delta, ct))
 
 
 def _plan_scan_with(seq_scan, u, delta, A, B, C, D, z, delta_bias, index, length, merge, delta_softplus,
-                    delta_weight=None):
+                    delta_weight=None, merge_fn=cross_merge):
     K = index.shape[0]
     if merge == 'group':  # direction k reads its own channel group: a per-direction (Bt, K, Dm, L) map
         us = cross_scan(u.view(u.shape[0], K, -1, length), index)
@@ -63,13 +64,13 @@ def _plan_scan_with(seq_scan, u, delta, A, B, C, D, z, delta_bias, index, length
     Bt, K, Dm, Lk = us.shape
     ct = compute_dtype(u, delta, A, B, C, D, delta_bias, z, delta_weight)
     delta = expand_delta(delta, delta_weight)
-    y = seq_scan(us.to(ct).reshape(Bt, K * Dm, Lk), delta.reshape(Bt, K * Dm, Lk), A, B, C, D,
+    y = seq_scan(_cast(us, ct).reshape(Bt, K * Dm, Lk), delta.reshape(Bt, K * Dm, Lk), A, B, C, D,
                  None, delta_bias, delta_softplus)
-    out = cross_merge(y.view(Bt, K, Dm, Lk), index, length, merge)
+    out = merge_fn(y.view(Bt, K, Dm, Lk), index, length, merge)
     if z is not None:
-        gate = F.silu(z.to(ct))
+        gate = F.silu(_cast(z, ct))
         out = out * (gate[:, None] if merge == 'none' else gate)
-    return out.to(u.dtype)
+    return _cast(out, u.dtype)
 
 
 def plan_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
@@ -113,7 +114,8 @@ class Backend:
 
 
 _BACKENDS: Dict[str, Backend] = {}
-_LAZY_BACKENDS = {'cpu': 'vssm.ops.cpu_kernel', 'triton': 'vssm.ops.triton_scan', 'cuda': 'vssm.ops.cuda_ext'}
+_LAZY_BACKENDS = {'cpu': 'vssm.ops.cpu_kernel', 'triton': 'vssm.ops.triton_scan', 'cuda': 'vssm.ops.cuda_ext',
+                  'export': 'vssm.ops.export_scan'}
 CPU_KERNEL_ENV = 'VSSM_CPU_KERNEL'  # 0: never build/use the fused C++ CPU scan
 
 
@@ -139,7 +141,7 @@ def _load_backend(name: str) -> Optional[Backend]:
 def available_backends(device='cpu') -> List[str]:
     device = torch.device(device)
     names = []
-    for name in ('reference', 'fast', 'cpu', 'triton', 'cuda'):
+    for name in ('reference', 'fast', 'export', 'cpu', 'triton', 'cuda'):
         b = _BACKENDS.get(name) if name in ('triton', 'cuda') and device.type != 'cuda' else _load_backend(name)
         if b is not None and b.supports(device):
             names.append(name)
@@ -395,8 +397,11 @@ def plan_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, i
     compute Δ inside the kernel, and nothing of B*K*D*L elements is saved for backward.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge)
-    name = resolve_backend(u.device, backend, merge)
     index = index.to(u.device)
+    if torch.compiler.is_exporting():  # torch.export / ONNX / AOTInductor: standard ops, no custom op in the graph
+        return _load_backend('export').forward(u, delta, A, B, C, D, z, delta_bias, index=index, length=length,
+                                               merge=merge, delta_softplus=delta_softplus, delta_weight=delta_weight)
+    name = resolve_backend(u.device, backend, merge)
     return _plan_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge, delta_softplus,
                          name)
 

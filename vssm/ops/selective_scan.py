@@ -23,11 +23,16 @@ def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # skips the no-op cast that torch.export would otherwise record as a node (two with its metadata check)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
     ct = compute_dtype(u, delta, A, B, C, D, delta_bias)
-    u, delta, A = u.to(ct), delta.to(ct), A.to(ct)
+    u, delta, A = _cast(u, ct), _cast(delta, ct), _cast(A, ct)
     if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
+        delta = delta + _cast(delta_bias, ct)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     Bt, channels, L = u.shape
@@ -37,8 +42,8 @@ def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
         C = C[:, None]
     groups = B.shape[1]
     # (B, G, N, L) -> (B, G, 1, L, N): one group per block of channels, broadcast over them
-    B = B.to(ct).transpose(-1, -2)[:, :, None]
-    C = C.to(ct).transpose(-1, -2)[:, :, None]
+    B = _cast(B, ct).transpose(-1, -2)[:, :, None]
+    C = _cast(C, ct).transpose(-1, -2)[:, :, None]
     per_group = channels // groups
     u = u.view(Bt, groups, per_group, L)
     delta = delta.view(Bt, groups, per_group, L)
@@ -49,11 +54,11 @@ def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
 def _finish(y, u, D, z, dtype, shape):
     # y, u: (B, G, Dg, L) in the compute dtype
     if D is not None:
-        y = y + u * D.to(y.dtype).view(1, *u.shape[1:3], 1)
+        y = y + u * _cast(D, y.dtype).view(1, *u.shape[1:3], 1)
     y = y.reshape(shape)
     if z is not None:
-        y = y * F.silu(z.to(y.dtype))
-    return y.to(dtype)
+        y = y * F.silu(_cast(z, y.dtype))
+    return _cast(y, dtype)
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
