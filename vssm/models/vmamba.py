@@ -36,7 +36,9 @@ class LayoutConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == 'cpu':
+        # eager only: under torch.compile / torch.export the compiler picks layouts, and a branch on the batch
+        # size would specialise an exported dynamic batch
+        if x.device.type == 'cpu' and not torch.compiler.is_compiling():
             small = x.numel() < self.weight.numel()
             x = x.contiguous(memory_format=torch.contiguous_format if small else torch.channels_last)
         return super().forward(x)
