@@ -40,15 +40,17 @@ class TimmBackboneBase(BaseModule):
     """
     family_module: str = ''
     arch_pattern: str = '*'  # timm names this backbone accepts (fnmatch)
+    default_arch: str = ''  # the timm model built when a config gives no arch
     filter_fn_name: str = 'checkpoint_filter_fn'  # the family module's official-checkpoint key map
     model_attr_prefix: str = 'body.model.'  # where the timm model's weights live in this module's state_dict
 
-    def __init__(self, arch: str, model_kwargs: Dict, pretrained: Optional[str], init_cfg):
+    def __init__(self, arch: Optional[str], model_kwargs: Dict, pretrained: Optional[str], init_cfg):
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError('give either pretrained=... or init_cfg=..., not both')
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
+        arch = arch or self.default_arch
         self._check_arch(arch)
         self.arch = arch
         self.model_kwargs = dict(model_kwargs)
@@ -190,7 +192,7 @@ class HierarchicalBackbone(TimmBackboneBase):
     """A hierarchical vssm model (stem + stages) as a backbone: NCHW maps at `out_indices`, each LayerNorm'ed.
 
     Args:
-        arch: timm model name of the family (e.g. 'vmamba_tiny_s1l8').
+        arch: timm model name of the family (e.g. 'vmamba_tiny_s1l8'); None: the subclass's ``default_arch``.
         out_indices: stages whose outputs are returned (strides 4, 8, 16, 32 for 0..3).
         frozen_stages: -1 trains everything; 0 freezes the stem; k > 0 also freezes stages 0..k-1 and
             their output norms.
@@ -205,7 +207,7 @@ class HierarchicalBackbone(TimmBackboneBase):
     """
     def __init__(
             self,
-            arch: str,
+            arch: Optional[str] = None,
             out_indices: Sequence[int] = (0, 1, 2, 3),
             frozen_stages: int = -1,
             norm_eval: bool = False,
@@ -217,7 +219,7 @@ class HierarchicalBackbone(TimmBackboneBase):
     ):
         super().__init__(arch, model_kwargs, pretrained, init_cfg)
         self.body = timm.create_model(
-            arch, pretrained=False, features_only=True, out_indices=tuple(out_indices), **model_kwargs)
+            self.arch, pretrained=False, features_only=True, out_indices=tuple(out_indices), **model_kwargs)
         self.out_indices = tuple(self.body.out_indices)
         num_stages = len(self.body.model.stages)
         if not -1 <= frozen_stages <= num_stages:

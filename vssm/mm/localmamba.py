@@ -1,7 +1,5 @@
 """LocalMamba as mmdet / mmseg backbones: ``type='vssm.LocalVMamba'`` (hierarchical) and ``type='vssm.LocalVim'``
 (plain, simple feature pyramid)."""
-from typing import Optional, Sequence, Tuple, Union
-
 from .base import HierarchicalBackbone
 from .plain import PlainBackbone
 from .registry import MODELS
@@ -17,21 +15,7 @@ class LocalVMambaBackbone(HierarchicalBackbone):
     family_module = 'vssm.models.localmamba'
     arch_pattern = 'local_vmamba_*'
     filter_fn_name = 'local_vmamba_checkpoint_filter_fn'
-
-    def __init__(
-            self,
-            arch: str = 'local_vmamba_tiny',
-            out_indices: Sequence[int] = (0, 1, 2, 3),
-            frozen_stages: int = -1,
-            norm_eval: bool = False,
-            out_norm: bool = True,
-            with_cp: bool = False,
-            pretrained: Optional[str] = None,
-            init_cfg=None,
-            **model_kwargs,
-    ):
-        super().__init__(arch, out_indices, frozen_stages, norm_eval, out_norm, with_cp, pretrained, init_cfg,
-                         **model_kwargs)
+    default_arch = 'local_vmamba_tiny'
 
 
 @MODELS.register_module(name='LocalVim')
@@ -41,20 +25,4 @@ class LocalVimBackbone(PlainBackbone):
     family_module = 'vssm.models.localmamba'
     arch_pattern = 'local_vim_*'
     filter_fn_name = 'local_vim_checkpoint_filter_fn'
-
-    def __init__(
-            self,
-            arch: str = 'local_vim_tiny',
-            img_size: Union[int, Tuple[int, int]] = 512,
-            out_indices: Sequence[int] = (-1,),
-            scales: Sequence[float] = (4, 2, 1, 0.5),
-            frozen_stages: int = -1,
-            norm_eval: bool = False,
-            out_norm: bool = True,
-            with_cp: bool = False,
-            pretrained: Optional[str] = None,
-            init_cfg=None,
-            **model_kwargs,
-    ):
-        super().__init__(arch, img_size, out_indices, scales, frozen_stages, norm_eval, out_norm, with_cp,
-                         pretrained, init_cfg, **model_kwargs)
+    default_arch = 'local_vim_tiny'

@@ -39,7 +39,7 @@ class PlainBackbone(TimmBackboneBase):
     """A Vim-like vssm model with a simple feature pyramid (strides 4, 8, 16, 32 for patch 16).
 
     Args:
-        arch: timm model name of the family (e.g. 'vim_tiny').
+        arch: timm model name of the family (e.g. 'vim_tiny'); None: the subclass's ``default_arch``.
         img_size: the training image size the stored position embedding is laid out for (a checkpoint's
             table is resampled to it); other input sizes are resampled on the fly.
         out_indices: block indices to read: one (ViTDet: every scale from it) or one per scale.
@@ -55,7 +55,7 @@ class PlainBackbone(TimmBackboneBase):
 
     def __init__(
             self,
-            arch: str,
+            arch: Optional[str] = None,
             img_size: Union[int, Tuple[int, int]] = 512,
             out_indices: Sequence[int] = (-1,),
             scales: Sequence[float] = (4, 2, 1, 0.5),
@@ -72,7 +72,7 @@ class PlainBackbone(TimmBackboneBase):
         if len(out_indices) not in (1, len(scales)):
             raise ValueError(f'out_indices must hold one block index or one per scale ({len(scales)}), '
                              f'got {tuple(out_indices)}')
-        model = timm.create_model(arch, pretrained=False, num_classes=0, **model_kwargs)
+        model = timm.create_model(self.arch, pretrained=False, num_classes=0, **model_kwargs)
         # norm=True: each tapped block output goes through the model's final norm (as its classifier sees it)
         self.body = FeatureGetterNet(model, out_indices=list(out_indices), norm=True)
         taps = list(self.body.out_indices)

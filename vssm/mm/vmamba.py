@@ -1,6 +1,4 @@
 """VMamba as an mmdet / mmseg backbone (``type='vssm.VMamba'``)."""
-from typing import Optional, Sequence
-
 from .base import HierarchicalBackbone
 from .registry import MODELS
 
@@ -13,18 +11,4 @@ class VMambaBackbone(HierarchicalBackbone):
     Backbone_VSSM). Loads our classification checkpoints and the official releases (v0 / v2 layouts).
     See HierarchicalBackbone for the arguments."""
     family_module = 'vssm.models.vmamba'
-
-    def __init__(
-            self,
-            arch: str = 'vmamba_tiny_s1l8',
-            out_indices: Sequence[int] = (0, 1, 2, 3),
-            frozen_stages: int = -1,
-            norm_eval: bool = False,
-            out_norm: bool = True,
-            with_cp: bool = False,
-            pretrained: Optional[str] = None,
-            init_cfg=None,
-            **model_kwargs,
-    ):
-        super().__init__(arch, out_indices, frozen_stages, norm_eval, out_norm, with_cp, pretrained, init_cfg,
-                         **model_kwargs)
+    default_arch = 'vmamba_tiny_s1l8'
