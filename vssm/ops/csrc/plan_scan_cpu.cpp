@@ -292,6 +292,40 @@ struct VecConsts {
   }
 };
 
+// Low-rank Δ (before softplus) at n_steps steps from their projection rows, DELTA_STEPS steps at a time.
+// Per step it is R FMAs; done one step at a time (delta()) they are two dependent chains, so they run at
+// FMA latency and reload every W[r]. Here each W[r] is loaded once per DELTA_STEPS steps and the
+// 2 x DELTA_STEPS chains are independent, so the FMAs run at throughput (R = 48 at VMamba-T stage 4, where
+// this was most of the forward's time). Each step's sum keeps delta()'s order (even r in one chain, odd r
+// in the other), so the result is bitwise the same as delta()'s.
+constexpr int64_t DELTA_STEPS = 4;  // 8 accumulators + 2 weights: registers on AVX-512, close on AVX2
+
+inline void low_rank_deltas(const Problem& p, const VecConsts& vc, const float* rows, int64_t n_steps, V* dt,
+                            int64_t stride) {
+  const int64_t R = p.R, P = p.P;
+  int64_t i = 0;
+  for (; i + DELTA_STEPS <= n_steps; i += DELTA_STEPS) {
+    const float* row = rows + i * P;
+    V even[DELTA_STEPS], odd[DELTA_STEPS];
+    for (int64_t j = 0; j < DELTA_STEPS; ++j) {
+      even[j] = vc.bias + V{};
+      odd[j] = V{};
+    }
+    int64_t r = 0;
+    for (; r + 1 < R; r += 2) {
+      const V w0 = vc.W[r], w1 = vc.W[r + 1];
+      for (int64_t j = 0; j < DELTA_STEPS; ++j) {
+        even[j] += w0 * row[j * P + r];
+        odd[j] += w1 * row[j * P + r + 1];
+      }
+    }
+    if (r < R)
+      for (int64_t j = 0; j < DELTA_STEPS; ++j) even[j] += vc.W[r] * row[j * P + r];
+    for (int64_t j = 0; j < DELTA_STEPS; ++j) dt[(i + j) * stride] = even[j] + odd[j];
+  }
+  for (; i < n_steps; ++i) dt[i * stride] = vc.delta(p, rows + i * P, V{});
+}
+
 // The step-parallel part of steps [t0, t1): dt = softplus(Δ) (and softplus' into sg when given) and the
 // decays exp(dt A_n), none of which depends on the state. Split into three loops with no carried
 // dependency, so they run at throughput instead of waiting on one step's long exp/log chain; the
@@ -301,13 +335,14 @@ inline void step_decays(const Problem& p, const VecConsts& vc, int64_t b, int64_
                         int64_t t1, V* dt, V* sg, V* e, int64_t stride) {
   const float* rows = p.proj + ((b * p.K + k) * p.Lk + t0) * p.P;
   const int64_t n_steps = t1 - t0, N = p.N;
-  for (int64_t i = 0; i < n_steps; ++i) {  // Δ before softplus
-    V full = V{};
-    if (!p.low_rank) {
+  if (p.low_rank) {
+    low_rank_deltas(p, vc, rows, n_steps, dt, stride);
+  } else {
+    for (int64_t i = 0; i < n_steps; ++i) {  // Δ before softplus
       const float* d = p.delta + b * p.d_sb + k * p.d_sk + c0 * p.d_sc + (t0 + i) * p.d_st;
-      full = vc.nl == VL && p.d_sc == 1 ? vload(d) : vgather(d, p.d_sc, vc.nl);
+      const V full = vc.nl == VL && p.d_sc == 1 ? vload(d) : vgather(d, p.d_sc, vc.nl);
+      dt[i * stride] = vc.delta(p, rows + i * p.P, full);
     }
-    dt[i * stride] = vc.delta(p, rows + i * p.P, full);
   }
   if (p.softplus) {
     for (int64_t i = 0; i < n_steps; ++i) dt[i * stride] = softplus(dt[i * stride], sg ? sg + i * stride : nullptr);
