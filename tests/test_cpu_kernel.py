@@ -106,6 +106,17 @@ def test_work_splits_match_reference(Bt, Dm, H, W):
     check_against_reference(t, idx, L, 'sum')
 
 
+@pytest.mark.parametrize('R, H, W', [
+    (1, 3, 3),    # no pair, only the odd tail; 9 steps = two blocks of four and one step alone
+    (5, 3, 11),   # pairs plus the tail; 33 steps cross the 32-step block
+    (48, 2, 7),   # VMamba-T stage-4 rank, 14 steps
+])
+def test_delta_ranks_and_step_remainders(R, H, W):
+    """Low-rank Δ is computed four steps at a time: every rank parity and step remainder against the oracle."""
+    t, idx, L = make_inputs(PLANS['vmamba'], Bt=2, N=2, R=R, H=H, W=W)
+    check_against_reference(t, idx, L, 'sum')
+
+
 def test_work_split_is_shape_only():
     s = cpu_kernel.work_split(1, 4, 96)
     assert s['forward_tasks'] == s['backward_tasks'] == 6  # batch 1 still splits over channel blocks

@@ -63,6 +63,16 @@ def _store_state(ptr, val, row, N, Dm, d, dm, ncol):
 
 
 @triton.jit
+def _channel_vector(ptr, k, Dm, d, dm, PRESENT: tl.constexpr, BD: tl.constexpr):
+    # a per-(direction, channel) parameter (Δ bias, D) for this block's channels; zeros when the op has none
+    if PRESENT:
+        v = tl.load(ptr + k * Dm + d, mask=dm, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros([BD], dtype=tl.float32)
+    return v
+
+
+@triton.jit
 def _load_x(u_ptr, b, k, d, dm, t, tm, pos, valid, su_b, su_k, su_d, su_l, SEQ_U: tl.constexpr):
     """Input x [BD, BT]: read through the index map (map u), or per step (sequence-form u)."""
     if SEQ_U:
@@ -177,10 +187,7 @@ def segment_state_kernel(
     dm = d < Dm
     ncol = tl.arange(0, NP)
     last = (tl.arange(0, BT) == BT - 1)[None, :]  # masked steps are identities: the last lane holds the end
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + k * Dm + d, mask=dm, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    bias = _channel_vector(bias_ptr, k, Dm, d, dm, HAS_BIAS, BD)
     h = tl.zeros([BD, NP], dtype=tl.float32)
     sdt = tl.zeros([BD], dtype=tl.float32)
     s0 = j * S
@@ -274,14 +281,8 @@ def forward_kernel(
         h = _load_state(hend_ptr, b * (K * nseg) + k * nseg + j - 1, N, Dm, d, dm & (j > 0), ncol)
     else:
         h = tl.zeros([BD, NP], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + k * Dm + d, mask=dm, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + k * Dm + d, mask=dm, other=0.0).to(tl.float32)
-    else:
-        Dv = tl.zeros([BD], dtype=tl.float32)
+    bias = _channel_vector(bias_ptr, k, Dm, d, dm, HAS_BIAS, BD)
+    Dv = _channel_vector(D_ptr, k, Dm, d, dm, HAS_D, BD)
     s0 = j * S
     s1 = tl.minimum(s0 + S, Lk)
     for c0 in range(s0, s1, BT):
@@ -343,10 +344,7 @@ def adjoint_state_kernel(
     nm = dm[:, None] & (t + 1 < e)[None, :]
     pos = tl.load(index_ptr + k * Lk + t, mask=tm, other=-1)
     valid = tm & (pos >= 0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + k * Dm + d, mask=dm, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    bias = _channel_vector(bias_ptr, k, Dm, d, dm, HAS_BIAS, BD)
     raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT,
                     LOW_RANK)
     raw, dt = _dt(raw, bias, dm[:, None] & tm[None, :], SOFTPLUS)
@@ -417,10 +415,7 @@ def sequence_grad_kernel(
         else:
             h0 = tl.zeros([BD, NP], dtype=tl.float32)
             lam = tl.zeros([BD, NP], dtype=tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + k * Dm + d, mask=dm, other=0.0).to(tl.float32)
-        else:
-            bias = tl.zeros([BD], dtype=tl.float32)
+        bias = _channel_vector(bias_ptr, k, Dm, d, dm, HAS_BIAS, BD)
         x = _load_x(u_ptr, b, k, d, dm, t, tm, pos, valid, su_b, su_k, su_d, su_l, SEQ_U)
         raw = _load_raw(delta_ptr, W_ptr, b, k, d, dm, t, tm, sd_b, sd_k, sd_c, sd_l, sw_k, sw_d, sw_r, R, BD, BT,
                     LOW_RANK)
@@ -431,10 +426,7 @@ def sequence_grad_kernel(
         gsel, gy = _load_gy(g_ptr, z_ptr, b, k, d, dm, pos, valid, scale, sg_b, sg_k, sg_d, sg_l,
                             sz_b, sz_k, sz_d, sz_l, HAS_Z)
         dtx = dt * x
-        if HAS_D:
-            Dv = tl.load(D_ptr + k * Dm + d, mask=dm, other=0.0).to(tl.float32)
-        else:
-            Dv = tl.zeros([BD], dtype=tl.float32)
+        Dv = _channel_vector(D_ptr, k, Dm, d, dm, HAS_D, BD)
         y = Dv[:, None] * x
         dx = Dv[:, None] * gy
         ddt = tl.zeros([BD, BT], dtype=tl.float32)
@@ -523,10 +515,7 @@ def param_grad_kernel(
     dm = d < Dm
     ncol = tl.arange(0, NP)
     rcol = tl.arange(0, RP)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + k * Dm + d, mask=dm, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    bias = _channel_vector(bias_ptr, k, Dm, d, dm, HAS_BIAS, BD)
     dA = tl.zeros([BD, NP], dtype=tl.float32)
     dD = tl.zeros([BD], dtype=tl.float32)
     dbias = tl.zeros([BD], dtype=tl.float32)
