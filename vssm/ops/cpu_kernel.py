@@ -22,7 +22,8 @@ from typing import Dict, Optional
 
 import torch
 
-from .scan import Backend, plan_scan_fast, register_backend, _recompute_backward
+from .backend import REDUCED_FLOAT_DTYPES, Capabilities, ScanBackend, register_backend
+from .scan import CPU_KERNEL_ENV, plan_scan_fast
 
 __all__ = ['load_extension', 'plan_scan_cpu', 'plan_scan_cpu_backward', 'extension_name', 'work_split', 'cost_model']
 
@@ -151,6 +152,23 @@ def cost_model(B: int, K: int, D: int, L: int, Lk: int, N: int, R: int, grouped:
     return out
 
 
+def cpu_cost(s):
+    """``cost_model`` in the engine's record (vssm/ops/cost.py); computed in float32 inside the kernel."""
+    from .cost import ScanCost, op_flops, op_min_bytes
+    c = cost_model(s.batch, s.directions, s.channels, s.length, s.steps, s.d_state, s.rank,
+                   grouped=s.merge == 'group', train=True)
+    fwd = ScanCost('cpu', 'forward', bytes_moved=c['forward_touched_bytes'], min_bytes=op_min_bytes(s, 'forward'),
+                   flops=op_flops(s, 'forward'), workspace_bytes=0, programs=c['forward_tasks'], launches=1,
+                   details=dict(kernel_min_bytes=c['forward_min_bytes'],
+                                vector_ops_per_16_channel_steps=c['vector_ops_per_16_channel_steps']))
+    bwd = ScanCost('cpu', 'backward', bytes_moved=c['backward_min_bytes'] + c['backward_workspace_bytes'],
+                   min_bytes=op_min_bytes(s, 'backward'), flops=op_flops(s, 'backward'),
+                   workspace_bytes=c['backward_workspace_bytes'], programs=c['backward_tasks'], launches=1,
+                   details=dict(forward_passes=c['backward_forward_passes'],
+                                step_store_bytes_per_thread=c['step_store_bytes_per_thread']))
+    return fwd, bwd
+
+
 # VMamba-T (s1l8) scan layers at 224x224: (stage, D, H = W, R); N = 1, K = 4
 _VMAMBA_T = (('stage 1', 96, 56, 6), ('stage 2', 192, 28, 12), ('stage 3', 384, 14, 24), ('stage 4', 768, 7, 48))
 
@@ -202,10 +220,6 @@ def _bench(batch: int, threads: int, iters: int) -> None:
 # ------------------------------------------------------------------------------------------ the backend
 
 _EMPTY = torch.empty(0)
-
-
-def _has_float64(*tensors) -> bool:
-    return any(t is not None and t.dtype == torch.float64 for t in tensors)
 
 
 def _f32(t: Optional[torch.Tensor]) -> torch.Tensor:
@@ -267,10 +281,7 @@ def _kernel_args(u, delta, A, B, C, D, z, delta_bias, delta_weight, index):
 
 def plan_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
                   delta_softplus=True, delta_weight=None):
-    """Same contract as plan_scan_reference; float32 compute (float64 inputs go to the PyTorch path)."""
-    if _has_float64(u, delta, A, B, C, D, z, delta_bias, delta_weight):
-        return plan_scan_fast(u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
-                              delta_softplus=delta_softplus, delta_weight=delta_weight)
+    """Same contract as plan_scan_reference; float32 compute (float64 is not among its capabilities)."""
     out = load_extension().plan_scan_forward(
         *_kernel_args(u, delta, A, B, C, D, z, delta_bias, delta_weight, index), int(length), _MERGE_CODES[merge],
         delta_softplus)
@@ -284,8 +295,6 @@ def plan_scan_cpu_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta_bi
     With ``delta_weight`` the second gradient is d(dts) (Bt, K, R, Lk) and a ninth, d(delta_weight), follows.
     """
     inputs = (u, delta, A, B, C, D, z, delta_bias) + ((delta_weight,) if delta_weight is not None else ())
-    if _has_float64(grad_out, *inputs):
-        return _recompute_backward(plan_scan_fast, grad_out, inputs, index, length, merge, delta_softplus)
     low_rank = delta_weight is not None
     # the channel sums (d(dts), dB, dC) are written by the kernel straight into their inputs' layouts
     g_dts = torch.empty_like(delta, dtype=torch.float32) if low_rank else _EMPTY
@@ -299,12 +308,15 @@ def plan_scan_cpu_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta_bi
     return [g.to(t.dtype) if g is not None else None for g, t in zip(grads, inputs)]
 
 
-def _supports(device) -> bool:
-    return torch.device(device).type == 'cpu' and load_extension() is not None
+def _available(device) -> bool:
+    return os.environ.get(CPU_KERNEL_ENV, '1') != '0' and load_extension() is not None
 
 
-register_backend('cpu', Backend(plan_scan_cpu, backward=plan_scan_cpu_backward, differentiable=plan_scan_fast,
-                                 supports=_supports, low_rank=True, grouped=True))
+# float64 is left to the PyTorch paths ('fast' is next in priority); deterministic for any thread count
+register_backend(ScanBackend(
+    name='cpu', forward=plan_scan_cpu, backward=plan_scan_cpu_backward, available=_available, priority=20,
+    cost=cpu_cost,
+    capabilities=Capabilities(devices=frozenset({'cpu'}), dtypes=REDUCED_FLOAT_DTYPES, low_rank_delta=True)))
 
 
 if __name__ == '__main__':
