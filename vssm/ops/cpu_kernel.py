@@ -3,7 +3,8 @@
 torch's extension machinery builds it with the machine's C++ compiler, once per CPU kind: with
 ``-march=native`` (the default; ``VSSM_CPU_NATIVE=0`` builds for the generic target) the extension's name
 carries a short hash of the CPU's ISA, so a cache directory shared by machines with different CPUs never
-hands one machine another's binary. One line on stderr announces a build. If the build fails (no
+hands one machine another's binary. The build goes to a user cache (``build_directory()``), never beside the
+source, so a read-only site-packages works. One line on stderr announces a build. If the build fails (no
 compiler), the backend is simply not available and dispatch stays on 'fast'.
 
 The kernel computes Δ in low-rank form itself (``delta_weight``), runs grouped plans (merge 'group'), reads
@@ -12,13 +13,14 @@ layout; float64 inputs go to the PyTorch path. The cost model is at the top of t
 docs/scan_kernel.md ("CPU kernel").
 """
 import hashlib
+import importlib.util
 import os
 import platform
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -68,36 +70,69 @@ def extension_name() -> str:
     return 'vssm_plan_scan_cpu_' + hashlib.sha1(_isa_fingerprint().encode()).hexdigest()[:10]
 
 
-def _needs_build(name: str) -> bool:
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-        so = Path(_get_build_directory(name, verbose=False)) / f'{name}.so'
-    except Exception:  # a private helper: if it moves, announce the (possible) build anyway
-        return True
-    return not so.exists() or so.stat().st_mtime < _SOURCE.stat().st_mtime
+def _compile_flags() -> List[str]:
+    flags = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-fopenmp']  # no -ffast-math: exact IEEE order, NaN kept
+    if _native():
+        flags.append('-march=native')
+    return flags
+
+
+def build_directory(name: Optional[str] = None) -> Path:
+    """Where the extension is built and cached: a user cache, never the package's own folder.
+
+    The root is ``TORCH_EXTENSIONS_DIR`` if set, else torch's per-user cache
+    (``torch.utils.cpp_extension.get_default_build_root()``: ``$XDG_CACHE_HOME/torch_extensions``, by default
+    ``~/.cache/torch_extensions``), so an install into a read-only site-packages builds too. The folder is keyed
+    by what the binary depends on: the source's contents, the flags, torch's and Python's versions. A changed
+    source or another torch builds afresh; an unchanged one is found again whatever its file times (a
+    reinstalled wheel writes the same source anew).
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+    name = name or extension_name()
+    root = os.environ.get('TORCH_EXTENSIONS_DIR') or get_default_build_root()
+    key = hashlib.sha1(_SOURCE.read_bytes())
+    key.update(repr((_compile_flags(), torch.__version__, sys.implementation.cache_tag,
+                     getattr(sys, 'abiflags', ''))).encode())
+    return Path(root) / f'{name}_{key.hexdigest()[:12]}'
+
+
+def _library_path(name: str, folder: Path) -> Path:
+    return folder / (name + ('.pyd' if sys.platform == 'win32' else '.so'))
+
+
+def _import_built(name: str, path: Path):
+    """Import an extension module built earlier (what torch's loader does once ninja is done)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_extension(verbose: bool = False):
-    """Build (first time on this CPU kind) and import the extension; None when it cannot be built here."""
+    """Build (first time on this CPU kind and stack) and import the extension; None when it cannot be built."""
     global _EXT, _FAILED
     if _EXT is not None or _FAILED:
         return _EXT
     name = extension_name()
     try:
+        folder = build_directory(name)
+        library = _library_path(name, folder)
+        if library.exists():  # built before: import it as it is (no compiler, no ninja needed)
+            try:
+                _EXT = _import_built(name, library)
+                return _EXT
+            except ImportError:  # half written by a build running elsewhere: torch's loader waits for it
+                pass
         from torch.utils.cpp_extension import load
-        flags = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-fopenmp']  # no -ffast-math: exact IEEE order, NaN kept
-        if _native():
-            flags.append('-march=native')
-        building = _needs_build(name)
-        if building:
-            print(f'vssm: building the fused C++ CPU scan ({name}, {"-march=native" if _native() else "generic"}) '
-                  f'on first use; about {_BUILD_SECONDS} s (longer on a busy machine), cached for this CPU', file=sys.stderr,
-                  flush=True)
+        print(f'vssm: building the fused C++ CPU scan ({name}, {"-march=native" if _native() else "generic"}) '
+              f'on first use into {folder}; about {_BUILD_SECONDS} s (longer on a busy machine), cached for this '
+              f'CPU', file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        _EXT = load(name, [str(_SOURCE)], extra_cflags=flags, extra_ldflags=['-fopenmp'], verbose=verbose)
-        if building:
-            print(f'vssm: fused C++ CPU scan built in {time.perf_counter() - t0:.0f} s', file=sys.stderr, flush=True)
-    except Exception as e:  # no compiler, no headers: the PyTorch path still works
+        folder.mkdir(parents=True, exist_ok=True)
+        _EXT = load(name, [str(_SOURCE)], extra_cflags=_compile_flags(), extra_ldflags=['-fopenmp'],
+                    build_directory=str(folder), verbose=verbose)
+        print(f'vssm: fused C++ CPU scan built in {time.perf_counter() - t0:.0f} s', file=sys.stderr, flush=True)
+    except Exception as e:  # no compiler, no headers, no writable cache: the PyTorch path still works
         _FAILED = True
         warnings.warn(f'vssm: the fused CPU scan could not be built ({type(e).__name__}: {e}); using the '
                       f'PyTorch path')
