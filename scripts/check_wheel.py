@@ -51,7 +51,7 @@ def output(out: Path, against: Path = None, venv: Path = None) -> None:
     import torch
 
     import vssm
-    from vssm.ops import resolve_backend
+    from vssm.ops import default_backend
     from vssm.ops.cpu_kernel import build_directory, load_extension
 
     torch.set_num_threads(1)
@@ -60,7 +60,7 @@ def output(out: Path, against: Path = None, venv: Path = None) -> None:
         sys.exit(f'check_wheel: vssm imported from {where}, not from this checkout ({ROOT})')
     if venv is not None and venv.resolve() not in where.parents:
         sys.exit(f'check_wheel: vssm imported from {where}, not from the wheel installed in {venv}')
-    backend = resolve_backend(torch.device('cpu'))
+    backend = default_backend('cpu')
     if backend != 'cpu':
         sys.exit(f"check_wheel: the CPU resolves to the {backend!r} scan backend, expected 'cpu' (the fused C++ "
                  f'kernel, built from {where}/ops/csrc)')
