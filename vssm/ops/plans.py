@@ -98,6 +98,8 @@ def _index_cpu(directions: Tuple[str, ...], H: int, W: int, middle_token: bool =
 
 
 def _describe(index: torch.Tensor, args) -> None:
+    if torch.compiler.is_compiling():  # a tools-only record: nothing for dynamo to trace (weakrefs break graphs)
+        return
     for dead in [k for k in _DESCRIBED if k not in _DESCRIBED_MAPS]:
         del _DESCRIBED[dead]
     _DESCRIBED[id(index)], _DESCRIBED_MAPS[id(index)] = args, index
