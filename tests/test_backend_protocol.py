@@ -188,3 +188,18 @@ def test_every_backend_reports_its_cost_in_the_one_record():
             assert c.min_bytes == op_min_bytes(shape, phase) > 0
             assert c.programs >= 1 and c.launches >= 1 and c.workspace_bytes >= 0
             assert c.bytes_moved > 0
+
+
+def test_triton_cost_maps_onto_the_record():
+    """The Triton schedule's own model (scan_cost.layer_cost, host-only) carried into the one record unchanged."""
+    from vssm.ops.cost import ScanShape
+    from vssm.ops.scan_cost import layer_cost, triton_cost
+    plan = ('h', 'v', 'h_flip', 'v_flip')
+    shape = ScanShape(batch=8, directions=4, channels=96, d_state=1, steps=3136, length=3136, rank=6,
+                      dtype=torch.bfloat16, plan=plan, hw=(56, 56))
+    fwd, bwd = triton_cost(shape)
+    own = layer_cost(plan, 56, 56, 8, 96, 1, 6, dtype=torch.bfloat16)
+    assert (fwd.bytes_moved, bwd.bytes_moved) == (own.fwd_bytes, own.bwd_bytes)
+    assert (fwd.min_bytes, bwd.min_bytes) == (own.fwd_min_bytes, own.bwd_min_bytes)
+    assert fwd.programs == own.programs['forward'] and fwd.launches == own.fwd_launches
+    assert fwd.flops == op_flops(shape, 'forward')

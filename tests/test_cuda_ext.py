@@ -599,3 +599,28 @@ def test_gpu_env_var_selects_cuda(monkeypatch):
     from vssm.ops import BACKEND_ENV, default_backend
     monkeypatch.setenv(BACKEND_ENV, 'cuda')
     assert default_backend('cuda') == 'cuda'
+
+
+def test_schedule_maps_onto_the_engine_cost_record(emulator):
+    """The extension's cost model in the engine's one record: the binding's bytes, minimum and workspace carried
+    over one to one, the op's FLOPs, and a minimum within the parameters of the engine's own count."""
+    import dataclasses
+
+    from vssm.ops.cost import ScanCost, ScanShape, op_flops, op_min_bytes
+    from vssm.ops.cuda_ext import schedule, schedule_cost
+    shape = ScanShape(batch=8, directions=4, channels=96, d_state=1, steps=3136, length=3136, rank=6,
+                      dtype=torch.bfloat16, plan=('h', 'v', 'h_flip', 'v_flip'), hw=(56, 56))
+    fwd, bwd = schedule_cost(emulator, shape)
+    for cost, backward in ((fwd, False), (bwd, True)):
+        raw = schedule(emulator, backward=backward, Bt=8, K=4, Dm=96, N=1, R=6, Lk=3136, L=3136)
+        assert isinstance(cost, ScanCost) and cost.backend == 'cuda'
+        assert (cost.bytes_moved, cost.min_bytes, cost.workspace_bytes) == (raw['bytes'], raw['min_bytes'],
+                                                                             raw['workspace_bytes'])
+        assert cost.launches == len(raw['launches']) and cost.programs >= 1
+        assert cost.flops == op_flops(shape, cost.phase)
+        assert cost.traffic_ratio >= 1
+    # the binding counts the same inputs and outputs as the engine, parameters aside
+    params = 4 * 96 * (1 + 2 + 6) * 4
+    assert abs(fwd.min_bytes - op_min_bytes(shape, 'forward')) <= params
+    half = schedule_cost(emulator, dataclasses.replace(shape, batch=4))[0]
+    assert half.min_bytes < fwd.min_bytes
