@@ -317,6 +317,11 @@ class MambaVision(HierarchicalModelMixin, nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> List[str]:
+        # as the official training: timm decays every parameter of 2+ dims (A_log included), not the 1-D ones
+        return []
+
     def forward_intermediates(
             self,
             x: torch.Tensor,
