@@ -179,7 +179,8 @@ def test_official_mambavision_safetensors_initialises_backbone(tmp_path):
     for line in lines.decode().splitlines():
         key, shape = line.split('\t')
         shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-        official[key] = torch.zeros(shape, dtype=torch.long) if key.endswith('num_batches_tracked') else torch.randn(shape)
+        counter = key.endswith('num_batches_tracked')
+        official[key] = torch.zeros(shape, dtype=torch.long) if counter else torch.randn(shape)
     path = tmp_path / 'model.safetensors'
     save_file({'model.' + k: v for k, v in official.items()}, str(path))
     bb = ROOT_MODELS.build(dict(type='vssm.MambaVision', pretrained=str(path)))
