@@ -245,3 +245,12 @@ def test_bad_arguments_fail_clearly():
         MambaVisionMixer(16, d_conv=4)
     with pytest.raises(ValueError, match='input channels'):
         MambaVision(**SHRUNK)(torch.randn(1, 1, 64, 64))
+
+
+def test_flop_count_includes_windowed_attention():
+    """fvcore has no SDPA handle: vssm.ops.flops counts q k^T and weights v per window (padded tokens included)."""
+    from vssm.ops.flops import flops_by_operator
+    flops = flops_by_operator(MambaVision(**SHRUNK), (3, 64, 64))
+    # stage 3: one 4x4 window, 2 heads of 32; stage 4: a 2x2 map padded to one 3x3 window, 2 heads of 64
+    assert flops['scaled_dot_product_attention'] == 2 * 16 * 16 * (32 + 32) + 2 * 9 * 9 * (64 + 64)
+    assert flops['plan_scan'] > 0
