@@ -159,7 +159,7 @@ else
   BENCH+=(--precision amp --amp-dtype bfloat16 --num-warm-iter 3 --num-bench-iter 10)
   IMG=224; INFER_B=128; TRAIN_B=64; VIM_B=${VIM_BATCH:-32}; VIM_SIZE=1248; COMPILE=(--torchcompile)
 fi
-MODELS_224=(--model vmamba_tiny_s1l8 convnext_tiny swin_tiny_patch4_window7_224 --img-size "$IMG")
+MODELS_224=(--model vmamba_tiny_s1l8 mambavision_tiny convnext_tiny swin_tiny_patch4_window7_224 --img-size "$IMG")
 
 # the goals' figures first, so a short budget drops the extras
 part scan_cls224 75 "${SCAN[@]}" --shape-set cls224 --csv "$WORK/scan_cls224.csv"

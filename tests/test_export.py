@@ -38,6 +38,9 @@ FAMILIES = {
     'efficient_vmamba': ('efficient_vmamba_tiny', dict(depths=(1, 1, 1), dims=16)),  # 2 EVSS + 1 inverted residual
     # grouped scan, channel-affinity gate, class-token block, distillation head (mean in eval)
     'groupmamba': ('groupmamba_tiny', dict(depths=(1, 1), dims=(16, 32), mlp_ratios=2, stem_hidden_dim=8)),
+    # conv stages, then windowed stages (one mixer + one attention block each), both maps padded to the windows
+    'mambavision': ('mambavision_tiny', dict(depths=(1, 1, 2, 2), dim=16, in_dim=8, num_heads=(1, 1, 2, 2),
+                                             window_sizes=(2, 2))),
 }
 
 

@@ -142,7 +142,7 @@ def test_mmengine_loader_reads_checkpoints_with_python_objects(tmp_path):
     assert isinstance(ckpt['message_hub']['loss'], HistoryBuffer)
 
 
-@pytest.mark.parametrize('name', ['EfficientVMamba', 'LocalVMamba', 'GroupMamba', 'Vim', 'LocalVim'])
+@pytest.mark.parametrize('name', ['EfficientVMamba', 'LocalVMamba', 'GroupMamba', 'Vim', 'LocalVim', 'MambaVision'])
 def test_every_family_loads_its_classification_checkpoint(name, tmp_path):
     from vssm.mm.testing import tiny_backbone_overrides
     cfg = dict(type=f'vssm.{name}')
@@ -167,6 +167,28 @@ def test_official_groupmamba_release_initialises_backbone(tmp_path):
     bb = ROOT_MODELS.build(dict(type='vssm.GroupMamba', depths=(1, 1, 1, 1), dims=16, pretrained=str(path)))
     bb.init_weights()
     _assert_body_equals(bb, clf.state_dict())
+
+
+def test_official_mambavision_safetensors_initialises_backbone(tmp_path):
+    """NVIDIA's HF safetensors layout (the transformers wrapper: official keys under `model.`), built from the
+    official key list, through the backbone's loader."""
+    import gzip
+    from safetensors.torch import save_file
+    lines = gzip.decompress((REPO / 'tests' / 'data' / 'mambavision_tiny.official_keys.txt.gz').read_bytes())
+    official = {}
+    for line in lines.decode().splitlines():
+        key, shape = line.split('\t')
+        shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
+        counter = key.endswith('num_batches_tracked')
+        official[key] = torch.zeros(shape, dtype=torch.long) if counter else torch.randn(shape)
+    path = tmp_path / 'model.safetensors'
+    save_file({'model.' + k: v for k, v in official.items()}, str(path))
+    bb = ROOT_MODELS.build(dict(type='vssm.MambaVision', pretrained=str(path)))
+    bb.init_weights()
+    body = bb.body.model
+    assert torch.equal(body.stages[2].blocks[0].mixer.dt_proj.bias, official['levels.2.blocks.0.mixer.dt_proj.bias'])
+    assert torch.equal(body.stages[1].downsample.weight, official['levels.0.downsample.reduction.0.weight'])
+    assert torch.equal(body.stem[1].conv.weight, official['patch_embed.conv_down.3.weight'])
 
 
 def _to_official_vim(sd):

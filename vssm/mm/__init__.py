@@ -5,7 +5,7 @@ MODELS registry, so mmdet and mmseg configs both use them as ``type='vssm.<Name>
 ``custom_imports=dict(imports=['vssm.mm'])``. It also routes mmengine's checkpoint loading through
 ``load_checkpoint_file`` (torch >= 2.6 weights_only default; see vssm/mm/checkpoint.py).
 
-Backbones: vssm.VMamba, vssm.EfficientVMamba, vssm.LocalVMamba, vssm.GroupMamba (hierarchical, strides
+Backbones: vssm.VMamba, vssm.EfficientVMamba, vssm.LocalVMamba, vssm.GroupMamba, vssm.MambaVision (hierarchical, strides
 4..32); vssm.Vim, vssm.LocalVim (plain, with a ViTDet-style simple feature pyramid at strides 4..32).
 """
 try:
@@ -19,6 +19,7 @@ from .base import HierarchicalBackbone, TimmBackboneBase
 from .vmamba import VMambaBackbone
 from .efficient_vmamba import EfficientVMambaBackbone
 from .groupmamba import GroupMambaBackbone
+from .mambavision import MambaVisionBackbone
 from .localmamba import LocalVimBackbone, LocalVMambaBackbone
 from .plain import PlainBackbone
 from .vim import VimBackbone
@@ -26,7 +27,7 @@ from .vim import VimBackbone
 __all__ = [
     'MODELS', 'TimmBackboneBase', 'HierarchicalBackbone', 'PlainBackbone', 'VMambaBackbone',
     'EfficientVMambaBackbone', 'GroupMambaBackbone', 'LocalVMambaBackbone', 'LocalVimBackbone', 'VimBackbone',
-    'load_checkpoint_file', 'patch_mmengine_checkpoint_loader',
+    'load_checkpoint_file', 'patch_mmengine_checkpoint_loader', 'MambaVisionBackbone',
 ]
 
 patch_mmengine_checkpoint_loader()

@@ -41,6 +41,8 @@ def tiny_backbone_overrides(backbone_cfg: Dict) -> Dict:
         if kind == 'LocalVMamba':
             out['directions'] = [_SCAN] * 4
         return out
+    if kind == 'MambaVision':  # one conv block per conv stage, a mixer and an attention block per windowed stage
+        return dict(depths=(1, 1, 2, 2), dim=16, in_dim=8, num_heads=(1, 1, 2, 2), window_sizes=(4, 2))
     if kind in ('Vim', 'LocalVim'):
         taps = len(backbone_cfg.get('out_indices', (-1,)))
         depth = max(2, taps)

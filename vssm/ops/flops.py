@@ -42,7 +42,17 @@ def _plan_scan_handle(inputs: List[Any], outputs: List[Any]) -> int:
     return flops
 
 
-_HANDLES = {'vssm::plan_scan': _plan_scan_handle}
+def _sdpa_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    """F.scaled_dot_product_attention (fvcore has no handle): q @ k^T and weights @ v, multiply-adds."""
+    from fvcore.nn.jit_handles import get_shape
+    q, k, v = (get_shape(t) for t in inputs[:3])  # (..., Lq, E), (..., Lk, E), (..., Lk, Ev)
+    batch = 1
+    for s in q[:-2]:
+        batch *= s
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+_HANDLES = {'vssm::plan_scan': _plan_scan_handle, 'aten::scaled_dot_product_attention': _sdpa_handle}
 
 
 def _analysis(model: torch.nn.Module, input_size: Tuple[int, ...], batch_size: int = 1):
