@@ -8,3 +8,4 @@ from .scan import (
     plan_selective_scan, plan_scan_reference, plan_scan_fast, register_backend, available_backends,
     resolve_backend, expand_delta, Backend, ScanInputError, BACKEND_ENV, CPU_KERNEL_ENV,
 )
+from .ssd import plan_ssd_scan, plan_ssd_reference, plan_ssd_fast, plan_ssd_export, register_ssd_backend, SSDBackend

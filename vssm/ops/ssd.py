@@ -1,0 +1,333 @@
+"""The SSD scan mode (Mamba-2 state space duality) over direction plans: one entry point, backend dispatch.
+
+``plan_ssd_scan`` reads a 2D map along every direction of a plan, runs the Mamba-2 scan per direction
+(scalar decay per head, B/C shared by the heads of a direction) and merges the outputs back into map positions.
+
+Shapes (Bt batch, K directions, R heads, P head dim, Dm = R*P channels, N state, L = H*W, Lk steps):
+    x        (Bt, Dm, L) map shared by all directions (channel d = head d // P, lane d % P), or
+             (Bt, K, Dm, Lk) per-direction sequences; with merge 'group': (Bt, K*Dm, L)
+    dt       (Bt, K, R, Lk)   Δ before bias / softplus, one per head and step
+    A        (K*R,)           a = -exp(A_log) <= 0, one per head of each direction
+    B, C     (Bt, K, N, Lk)   one group per direction, shared by its R heads
+    D        (K*Dm,) or None  skip, per direction, head and lane
+    dt_bias  (K*R,) or None
+    index    (K, Lk) long map positions, -1 for padding (vssm.ops.plans); each position at most once per direction
+    merge    'sum' / 'mean' -> (Bt, Dm, L); 'none' -> (Bt, K, Dm, L); 'group' -> (Bt, K*Dm, L)
+    dt_softplus  Δ <- softplus(dt + dt_bias);  chunk_size  steps per chunk of the chunked form (64 as Mamba-2)
+Per direction and head (state P x N):  H_t = exp(Δ_t a) H_{t-1} + Δ_t x_t B_tᵀ,  y_t = H_t C_t + D ⊙ x_t.
+Outputs have channel-last memory (a (Bt, Dm, L) result is (Bt, L, Dm) in memory), as the selective op's.
+Dtypes: float16 / bfloat16 / float32 compute in float32, float64 in float64; the result has x's dtype.
+
+Backends: 'reference' (ssd_core.ssd_reference, step by step, the oracle), 'fast' (ssd_core.ssd_chunked, the
+CPU path and the default), 'export' (the same chunked form with a gather merge; taken while
+``torch.compiler.is_exporting()``). The call goes through the ``vssm::plan_ssd`` custom op (backward:
+``vssm::plan_ssd_bwd``, a recompute through the backend's differentiable forward), so torch.compile and
+jit tracing (FLOP counting, vssm.ops.flops) see one op.
+
+No C++ CPU kernel: the chunked form spends its time in batched matmuls (C Bᵀ, (C Bᵀ ∘ Λ) X, Xᵀ B, C H) that
+oneDNN / BLAS already run near peak on one core, and the remaining elementwise work (segment sums, exp) is
+O(T) per output element, not a step-serial loop a fused kernel could speed up the way it speeds up the
+Mamba-1 recurrence.
+"""
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .plans import MERGE_MODES, cross_scan_rows, validate_index
+from .scan import ScanInputError, _autograd_enabled
+from .ssd_core import DEFAULT_CHUNK, ssd_chunked, ssd_reference
+
+__all__ = ['plan_ssd_scan', 'plan_ssd_reference', 'plan_ssd_fast', 'plan_ssd_export', 'register_ssd_backend',
+           'ssd_backends', 'SSDBackend', 'SSD_BACKEND_ENV']
+
+SSD_BACKEND_ENV = 'VSSM_SSD_BACKEND'
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ------------------------------------------------------------------------------------- plan-level forwards
+
+def _sequences(x, index, length, merge, K):
+    """x -> per-direction sequences (Bt, K, Lk, Dm), time-major."""
+    if x.dim() == 4:  # already (Bt, K, Dm, Lk)
+        return x.transpose(-1, -2)
+    x_cl = x.transpose(1, 2)  # (Bt, L, C): a view for channel-last maps
+    if merge == 'group':
+        x_cl = x_cl.reshape(x.shape[0], length, K, -1)
+    return cross_scan_rows(x_cl, index)
+
+
+def _merge_rows(y, index, length, merge):
+    """Sequences (Bt, K, Lk, Dm) -> map positions; index_add over rows of Dm channels (channel-last out)."""
+    Bt, K, Lk, Dm = y.shape
+    pos = torch.where(index < 0, torch.full_like(index, length), index)  # padding lands in a dropped row
+    if merge in ('sum', 'mean'):
+        out = y.new_zeros(Bt, length + 1, Dm).index_add(1, pos.reshape(-1), y.reshape(Bt, K * Lk, Dm))
+        out = out[:, :length].transpose(1, 2)
+        return out / K if merge == 'mean' else out
+    k = torch.arange(K, device=index.device)[:, None]
+    if merge == 'group':  # direction k writes channel group k: row pos * K + k of (Bt, (L+1)*K, Dm)
+        rows = pos * K + k
+        out = y.new_zeros(Bt, (length + 1) * K, Dm).index_add(1, rows.reshape(-1), y.reshape(Bt, K * Lk, Dm))
+        return out.view(Bt, length + 1, K * Dm)[:, :length].transpose(1, 2)
+    rows = k * (length + 1) + pos  # 'none': one map per direction
+    out = y.new_zeros(Bt, K * (length + 1), Dm).index_add(1, rows.reshape(-1), y.reshape(Bt, K * Lk, Dm))
+    return out.view(Bt, K, length + 1, Dm)[:, :, :length].transpose(-1, -2)
+
+
+def _merge_gather(y, index, length, merge):
+    from .export_scan import merge_by_gather  # a gather merge: no ScatterND with repeated indices in ONNX
+    return merge_by_gather(y.transpose(-1, -2), index, length, merge)
+
+
+def _empty_output(x, index, length, merge):
+    Bt = x.shape[0]
+    Dm = x.shape[1] if x.dim() == 3 else x.shape[2]
+    shape = (Bt, index.shape[0], Dm, length) if merge == 'none' else (Bt, Dm, length)
+    return x.new_empty(shape)
+
+
+def _plan_ssd_with(seq_fn, merge_fn, x, dt, A, B, C, D, dt_bias, index, length, merge, dt_softplus, **kw):
+    if x.device.type == 'meta':
+        return _empty_output(x, index, length, merge)
+    K = index.shape[0]
+    R = dt.shape[2]
+    xs = _sequences(x, index, length, merge, K)  # (Bt, K, Lk, Dm)
+    Bt, _, Lk, Dm = xs.shape
+    P = Dm // R
+    y = seq_fn(xs.reshape(Bt, K, Lk, R, P), dt.transpose(-1, -2), A.view(K, R), B.transpose(-1, -2),
+               C.transpose(-1, -2), None if D is None else D.view(K, R, P),
+               None if dt_bias is None else dt_bias.view(K, R), dt_softplus, **kw)
+    return merge_fn(y.reshape(Bt, K, Lk, Dm), index, length, merge)
+
+
+def plan_ssd_reference(x, dt, A, B, C, D=None, dt_bias=None, *, index, length, merge='sum', dt_softplus=True,
+                       chunk_size=DEFAULT_CHUNK):
+    """The oracle: cross-scan copy, step-by-step recurrence, merge (chunk_size is ignored)."""
+    return _plan_ssd_with(ssd_reference, _merge_rows, x, dt, A, B, C, D, dt_bias, index, length, merge,
+                          dt_softplus)
+
+
+def plan_ssd_fast(x, dt, A, B, C, D=None, dt_bias=None, *, index, length, merge='sum', dt_softplus=True,
+                  chunk_size=DEFAULT_CHUNK):
+    """CPU path: cross-scan copy, chunked matmul form, row merge; differentiable by autograd."""
+    return _plan_ssd_with(ssd_chunked, _merge_rows, x, dt, A, B, C, D, dt_bias, index, length, merge, dt_softplus,
+                          chunk_size=chunk_size)
+
+
+def plan_ssd_export(x, dt, A, B, C, D=None, dt_bias=None, *, index, length, merge='sum', dt_softplus=True,
+                    chunk_size=DEFAULT_CHUNK):
+    """Export path: the chunked form (standard ops, no data-dependent control flow) with a gather merge."""
+    return _plan_ssd_with(ssd_chunked, _merge_gather, x, dt, A, B, C, D, dt_bias, index, length, merge,
+                          dt_softplus, chunk_size=chunk_size)
+
+
+# ----------------------------------------------------------------------------------------------- backends
+
+@dataclass(frozen=True)
+class SSDBackend:
+    """One SSD backend: ``forward`` has plan_ssd_scan's signature (without ``backend``); gradients come from
+    ``backward`` (grad_out, *inputs, **options) -> 7 gradients, or by autograd through ``differentiable``."""
+    name: str
+    forward: Callable
+    differentiable: Optional[Callable] = None
+    backward: Optional[Callable] = None
+    devices: frozenset = frozenset({'cpu', 'cuda', 'meta'})
+    merges: frozenset = frozenset(MERGE_MODES)
+    deterministic: bool = True
+    exportable: bool = False
+    priority: int = 0
+
+
+_SSD_BACKENDS: Dict[str, SSDBackend] = {}
+
+
+def register_ssd_backend(backend: SSDBackend) -> None:
+    _SSD_BACKENDS[backend.name] = backend
+
+
+def ssd_backends(device='cpu') -> List[str]:
+    device = torch.device(device)
+    return [n for n, b in _SSD_BACKENDS.items() if device.type in b.devices]
+
+
+def _resolve(device: torch.device, merge: str, backend: Optional[str]) -> str:
+    """Explicit argument > VSSM_SSD_BACKEND > the capable backend of highest priority."""
+    name = backend or os.environ.get(SSD_BACKEND_ENV) or None
+    if name:
+        b = _SSD_BACKENDS.get(name)
+        if b is None:
+            raise ValueError(f'SSD backend {name!r} is not registered; expected one of {ssd_backends(device)}')
+        if device.type not in b.devices:
+            raise ValueError(f'SSD backend {name!r} cannot run on {device.type} tensors; available there: '
+                             f'{ssd_backends(device)}')
+        if merge not in b.merges:
+            raise ValueError(f'SSD backend {name!r} cannot merge {merge!r} (it merges {sorted(b.merges)})')
+        return name
+    best = None
+    for b in _SSD_BACKENDS.values():
+        if device.type in b.devices and merge in b.merges and b.priority >= 0 and (
+                best is None or b.priority > best.priority):
+            best = b
+    return best.name
+
+
+register_ssd_backend(SSDBackend('reference', plan_ssd_reference, differentiable=plan_ssd_reference, priority=-1))
+register_ssd_backend(SSDBackend('fast', plan_ssd_fast, differentiable=plan_ssd_fast, priority=1))
+register_ssd_backend(SSDBackend('export', plan_ssd_export, differentiable=plan_ssd_export, exportable=True,
+                                priority=-1))
+
+
+# ------------------------------------------------------------------------------------------- custom op
+
+def _channel_last(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+@torch.library.custom_op('vssm::plan_ssd', mutates_args=())
+def _plan_ssd_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], index: torch.Tensor, length: int,
+                 merge: str, dt_softplus: bool, chunk_size: int, backend: str) -> torch.Tensor:
+    return _channel_last(_SSD_BACKENDS[backend].forward(
+        x, dt, A, B, C, D, dt_bias, index=index, length=length, merge=merge, dt_softplus=dt_softplus,
+        chunk_size=chunk_size))
+
+
+@_plan_ssd_op.register_fake
+def _plan_ssd_fake(x, dt, A, B, C, D, dt_bias, index, length, merge, dt_softplus, chunk_size, backend):
+    return _channel_last(_empty_output(x, index, length, merge))
+
+
+@torch.library.custom_op('vssm::plan_ssd_bwd', mutates_args=())
+def _plan_ssd_bwd_op(grad_out: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                     C: torch.Tensor, D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+                     index: torch.Tensor, length: int, merge: str, dt_softplus: bool, chunk_size: int,
+                     backend: str) -> List[torch.Tensor]:
+    b = _SSD_BACKENDS[backend]
+    inputs = (x, dt, A, B, C, D, dt_bias)
+    opts = dict(index=index, length=length, merge=merge, dt_softplus=dt_softplus, chunk_size=chunk_size)
+    if b.backward is not None:
+        grads = b.backward(grad_out, *inputs, **opts)
+    else:
+        grads = _recompute(b.differentiable or plan_ssd_fast, grad_out, inputs, opts)
+    # custom ops cannot return None: an absent optional input gets an empty tensor; each gradient takes its
+    # input's dtype and layout
+    return [torch.empty_like(t).copy_(g) if t is not None else x.new_empty(0) for g, t in zip(grads, inputs)]
+
+
+def _recompute(fn, grad_out, inputs, opts):
+    with _autograd_enabled(), torch.enable_grad():  # custom-op kernels run below autograd: bring it back
+        leaves = [t.detach().requires_grad_(True) if t is not None else None for t in inputs]
+        out = fn(*leaves, **opts)
+        wanted = [t for t in leaves if t is not None]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
+    result = []
+    for t in leaves:
+        g = next(grads) if t is not None else None
+        result.append(None if t is None else (torch.zeros_like(t) if g is None else g))
+    return result
+
+
+@_plan_ssd_bwd_op.register_fake
+def _plan_ssd_bwd_fake(grad_out, x, dt, A, B, C, D, dt_bias, index, length, merge, dt_softplus, chunk_size,
+                       backend):
+    return [torch.empty_like(t) if t is not None else x.new_empty(0) for t in (x, dt, A, B, C, D, dt_bias)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, dt, A, B, C, D, dt_bias, index, length, merge, dt_softplus, chunk_size, backend = inputs
+    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, index)
+    ctx.options = (length, merge, dt_softplus, chunk_size, backend)
+
+
+def _backward(ctx, grad_out):
+    x, dt, A, B, C, D, dt_bias, index = ctx.saved_tensors
+    grads = _plan_ssd_bwd_op(grad_out, x, dt, A, B, C, D, dt_bias, index, *ctx.options)
+    present = (x, dt, A, B, C, D, dt_bias)
+    return (*[g if t is not None else None for g, t in zip(grads, present)], None, None, None, None, None, None)
+
+
+_plan_ssd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+def _check_inputs(x, dt, A, B, C, D, dt_bias, index, length, merge, chunk_size):
+    """Clear errors before any kernel sees a wrong shape, dtype, device or index map."""
+    tensors = (('x', x), ('dt', dt), ('A', A), ('B', B), ('C', C), ('D', D), ('dt_bias', dt_bias))
+    for name, t in tensors[:5]:
+        if t is None:
+            raise ScanInputError(f'SSD scan input {name} is required, got None')
+    for name, t in tensors:
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ScanInputError(f'SSD scan input {name} must be a tensor, got {type(t).__name__}')
+        if t is not None and t.dtype not in _FLOAT_DTYPES:
+            raise ScanInputError(f'SSD scan input {name} must be float16/bfloat16/float32/float64, got {t.dtype}')
+    devices = {t.device for _, t in tensors if t is not None}
+    if len(devices) > 1:
+        raise ScanInputError(f'SSD scan inputs must share one device, got {sorted(str(d) for d in devices)}')
+    if merge not in MERGE_MODES:
+        raise ScanInputError(f'merge must be one of {MERGE_MODES}, got {merge!r}')
+    if not isinstance(index, torch.Tensor) or index.dim() != 2 or index.dtype != torch.long:
+        got = f'{tuple(index.shape)} {index.dtype}' if isinstance(index, torch.Tensor) else type(index).__name__
+        raise ScanInputError(f'index must be a (K, Lk) long tensor, got {got}')
+    if isinstance(length, bool) or not isinstance(length, (int, torch.Tensor)) or int(length) < 1:
+        raise ScanInputError(f'length must be a positive int (H*W), got {length!r}')
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ScanInputError(f'chunk_size must be a positive int, got {chunk_size!r}')
+    K, Lk = index.shape
+    if K < 1 or Lk < 1:
+        raise ScanInputError(f'index must have at least one direction and one step, got {tuple(index.shape)}')
+    if dt.dim() != 4 or dt.shape[1] != K or dt.shape[3] != Lk or dt.shape[0] < 1 or dt.shape[2] < 1:
+        raise ScanInputError(f'dt must be (B, K={K}, R heads, Lk={Lk}), got {tuple(dt.shape)}')
+    Bt, _, R, _ = dt.shape
+    if merge == 'group':
+        if x.dim() != 3 or x.shape[0] != Bt or x.shape[2] != length or x.shape[1] % K:
+            raise ScanInputError(f"with merge='group' x must be a map (B={Bt}, K*D, L={length}) with K={K}, got "
+                                 f"{tuple(x.shape)}")
+        Dm = x.shape[1] // K
+    elif x.dim() == 3:
+        if x.shape[0] != Bt or x.shape[2] != length:
+            raise ScanInputError(f'map input x must be (B={Bt}, D, L={length}), got {tuple(x.shape)}')
+        Dm = x.shape[1]
+    elif x.dim() == 4:
+        if x.shape[0] != Bt or x.shape[1] != K or x.shape[3] != Lk:
+            raise ScanInputError(f'x must be a map (B, D, L) or sequences (B={Bt}, K={K}, D, Lk={Lk}), got '
+                                 f'{tuple(x.shape)}')
+        Dm = x.shape[2]
+    else:
+        raise ScanInputError(f'x must be a map (B, D, L) or sequences (B, K, D, Lk), got {tuple(x.shape)}')
+    if Dm < 1 or Dm % R:
+        raise ScanInputError(f'x has {Dm} channels per direction, which the R={R} heads of dt must divide '
+                             f'(head dim P = D / R)')
+    if tuple(A.shape) != (K * R,):
+        raise ScanInputError(f'A must be (K*R={K * R},): one scalar per head and direction, got {tuple(A.shape)}')
+    if B.dim() != 4 or tuple(B.shape[:2]) != (Bt, K) or B.shape[3] != Lk or B.shape[2] < 1:
+        raise ScanInputError(f'B must be (B={Bt}, K={K}, N, Lk={Lk}), got {tuple(B.shape)}')
+    if tuple(C.shape) != tuple(B.shape):
+        raise ScanInputError(f'C must have the shape of B {tuple(B.shape)}, got {tuple(C.shape)}')
+    if D is not None and tuple(D.shape) != (K * Dm,):
+        raise ScanInputError(f'D must be (K*D={K * Dm},), got {tuple(D.shape)}')
+    if dt_bias is not None and tuple(dt_bias.shape) != (K * R,):
+        raise ScanInputError(f'dt_bias must be (K*R={K * R},), got {tuple(dt_bias.shape)}')
+    validate_index(index, int(length))
+
+
+def plan_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, *, index, length: int, merge: str = 'sum',
+                  dt_softplus: bool = True, chunk_size: int = DEFAULT_CHUNK, backend: Optional[str] = None):
+    """Mamba-2 SSD scan over a direction plan (shapes in the module doc); dispatches to a backend."""
+    _check_inputs(x, dt, A, B, C, D, dt_bias, index, length, merge, chunk_size)
+    index = index.to(x.device)
+    if torch.compiler.is_exporting():  # torch.export / ONNX: standard ops, no custom op in the graph
+        return plan_ssd_export(x, dt, A, B, C, D, dt_bias, index=index, length=length, merge=merge,
+                               dt_softplus=dt_softplus, chunk_size=chunk_size)
+    name = _resolve(x.device, merge, backend)
+    return _plan_ssd_op(x, dt, A, B, C, D, dt_bias, index, length, merge, dt_softplus, chunk_size, name)
+
+
+try:  # timm's FX tracer treats the entry point as a leaf
+    from timm.layers import register_notrace_function
+    register_notrace_function(plan_ssd_scan)
+except ImportError:  # pragma: no cover
+    pass
