@@ -38,6 +38,7 @@ FAMILIES = {
     'efficient_vmamba': ('efficient_vmamba_tiny', dict(depths=(1, 1, 1), dims=16)),  # 2 EVSS + 1 inverted residual
     # grouped scan, channel-affinity gate, class-token block, distillation head (mean in eval)
     'groupmamba': ('groupmamba_tiny', dict(depths=(1, 1), dims=(16, 32), mlp_ratios=2, stem_hidden_dim=8)),
+    'vmamba_m2': ('vmamba_tiny_m2', dict(depths=(1, 1), dims=16)),  # SSD (Mamba-2) scan: 1 and 2 heads
 }
 
 

@@ -138,3 +138,21 @@ def test_bad_configuration_is_a_clear_error():
         VSSBlock(32, ssm_mode='ssm')
     with pytest.raises(ValueError, match='must divide the inner width'):
         SSD2D(32, num_heads=3)
+
+
+def test_mm_backbone_through_the_vmamba_adapter(tmp_path):
+    """mmdet / mmseg: the existing VMamba adapter builds the m2 models and loads their official layout."""
+    pytest.importorskip('mmdet', reason='needs the OpenMMLab stack (scripts/install_mm.sh)')
+    from mmengine.registry import MODELS
+    import vssm.mm  # noqa: F401
+    backbone = MODELS.build(dict(type='vssm.VMamba', arch='vmamba_tiny_m2', depths=(1, 1, 1, 1), dims=16)).eval()
+    assert backbone.channels == (16, 32, 64, 128) and backbone.strides == (4, 8, 16, 32)
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 72, 100))
+    assert [tuple(f.shape) for f in feats] == [(1, 16, 18, 25), (1, 32, 9, 13), (1, 64, 5, 7), (1, 128, 3, 4)]
+    full = MODELS.build(dict(type='vssm.VMamba', arch='vmamba_tiny_m2'))
+    sd = {k: torch.randn(s) for k, s in _official_shapes('vmamba_tiny_m2').items()}
+    torch.save({'model': sd}, tmp_path / 'official.pth')
+    full.load_pretrained(str(tmp_path / 'official.pth'))
+    torch.testing.assert_close(full.body.model.stages[2].blocks[3].op.conv2d.weight,
+                               sd['layers.2.blocks.3.op.conv2d.1.weight'])
