@@ -134,7 +134,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     shapes = SMOKE if args.smoke else VMAMBA_T_M2
     if args.smoke:
         args.batch, args.warmup, args.iters, args.d_state, args.chunk = 2, 0, 1, 8, 8
-    impls = args.impls or ['reference'] + [n for n in ssd_backends(args.device) if n != 'reference']
+    here = ssd_backends(args.device)
+    impls = [n for n in (args.impls or ['reference'] + [n for n in here if n != 'reference'])
+             if n == 'reference' or n in here]  # a backend not registered here (triton without a GPU) is skipped
     rows = []
     print(f'device {args.device}, {torch.get_num_threads()} threads, {args.dtype}, batch {args.batch}, '
           f'N {args.d_state}, chunk {args.chunk}')
