@@ -20,7 +20,8 @@ Dtypes: float16 / bfloat16 / float32 compute in float32, float64 in float64; the
 
 Backends: 'reference' (ssd_core.ssd_reference, step by step, the oracle), 'fast' (ssd_core.ssd_chunked, the
 CPU path and the default), 'export' (the same chunked form with a gather merge; taken while
-``torch.compiler.is_exporting()``). The call goes through the ``vssm::plan_ssd`` custom op (backward:
+``torch.compiler.is_exporting()``), 'triton' (ssd_triton.py: the fused forward kernel; the default on CUDA).
+The call goes through the ``vssm::plan_ssd`` custom op (backward:
 ``vssm::plan_ssd_bwd``, a recompute through the backend's differentiable forward), so torch.compile and
 jit tracing (FLOP counting, vssm.ops.flops) see one op.
 
@@ -138,6 +139,7 @@ class SSDBackend:
     deterministic: bool = True
     exportable: bool = False
     priority: int = 0
+    default_devices: Optional[frozenset] = None  # where dispatch may pick it unasked (default: devices)
 
 
 _SSD_BACKENDS: Dict[str, SSDBackend] = {}
@@ -148,13 +150,32 @@ def register_ssd_backend(backend: SSDBackend) -> None:
 
 
 def ssd_backends(device='cpu') -> List[str]:
+    """Names of the SSD backends that run on ``device`` here."""
     device = torch.device(device)
+    if device.type == 'cuda':
+        _load_lazy('triton')
     return [n for n, b in _SSD_BACKENDS.items() if device.type in b.devices]
 
 
+_LAZY_SSD_BACKENDS = {'triton': 'vssm.ops.ssd_triton'}  # heavy imports: on first need
+
+
+def _load_lazy(name: str) -> None:
+    if name not in _SSD_BACKENDS and name in _LAZY_SSD_BACKENDS:
+        import importlib
+        try:
+            importlib.import_module(_LAZY_SSD_BACKENDS[name])  # registers itself on import
+        except ImportError:
+            pass
+
+
 def _resolve(device: torch.device, merge: str, backend: Optional[str]) -> str:
-    """Explicit argument > VSSM_SSD_BACKEND > the capable backend of highest priority."""
+    """Explicit argument > VSSM_SSD_BACKEND > the capable backend of highest priority (triton on CUDA)."""
     name = backend or os.environ.get(SSD_BACKEND_ENV) or None
+    if name:
+        _load_lazy(name)
+    elif device.type == 'cuda':
+        _load_lazy('triton')
     if name:
         b = _SSD_BACKENDS.get(name)
         if b is None:
@@ -167,7 +188,7 @@ def _resolve(device: torch.device, merge: str, backend: Optional[str]) -> str:
         return name
     best = None
     for b in _SSD_BACKENDS.values():
-        if device.type in b.devices and merge in b.merges and b.priority >= 0 and (
+        if device.type in (b.default_devices or b.devices) and merge in b.merges and b.priority >= 0 and (
                 best is None or b.priority > best.priority):
             best = b
     return best.name
