@@ -8,13 +8,17 @@ setup(
     long_description=open('README.md').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['vssm', 'vssm.*']),
+    # sources compiled at run time (the fused CPU scan, vssm/ops/cpu_kernel.py): in the wheel and the sdist
+    # (MANIFEST.in); scripts/check_wheel.sh checks both
+    package_data={'vssm.ops': ['csrc/*.cpp', 'csrc/*.h']},
     python_requires='>=3.11',
     # ranges, so installing vssm keeps the user's stack: the oldest versions its tests / API checks pass on.
     # The dev setup pins exact versions in constraints.txt (scripts/setup.sh: pip install -c constraints.txt).
     install_requires=[
-        # 2.11: the GPU machine's stack (Python 3.12, CUDA 13; kernels/ builds there), checked on the CPU; 2.13.0 is
-        # checked in every CI run (scripts/smoke_old_torch.sh); 2.14.1 is the pinned development stack
-        'torch>=2.11',
+        # the floors are what CI tests: tests/smoke on torch 2.13.0 with timm 1.0.29 (scripts/smoke_old_torch.sh),
+        # the whole suite on the pins of constraints.txt (torch 2.14.1, timm 1.0.31); tests/test_package.py keeps
+        # these floors, that script's defaults and the README in step
+        'torch>=2.13',
         'torchvision',  # whichever matches the torch installed (timm needs it too)
         'timm>=1.0.29,<2',  # 1.0.29: timm.layers.get_device_dtype, device/dtype-aware layers and heads
         'numpy',

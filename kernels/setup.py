@@ -1,6 +1,6 @@
 """Build the optional native CUDA backend of vssm's plan scan (module ``vssm_cuda_scan``).
 
-    MAX_JOBS=16 python -m pip install --no-build-isolation --no-deps --no-index ./kernels
+    MAX_JOBS=16 python -m pip install --no-build-isolation --no-deps ./kernels
     cd kernels && MAX_JOBS=16 python setup.py build_ext --inplace      # or: python kernels/setup.py build_ext --inplace
 
 Targets sm_80 and sm_90 (plus PTX for newer GPUs) unless TORCH_CUDA_ARCH_LIST says otherwise; needs the CUDA
@@ -32,6 +32,13 @@ if shutil.which('ninja') is None:
 if shutil.which('ninja') is None:
     print('vssm-cuda-scan: ninja not found, so the translation units compile one after another '
           '(pip install ninja for a parallel build)', file=sys.stderr)
+
+try:
+    import torch  # noqa: F401
+except ImportError:  # an isolated build (plain `pip install ./kernels`), or no torch installed at all
+    sys.exit('vssm-cuda-scan builds against the torch installed where it goes, so torch must be importable here. '
+             'Install torch first, then build without build isolation:\n'
+             '    pip install --no-build-isolation --no-deps ./kernels')
 
 from setuptools import setup  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CUDAExtension  # noqa: E402

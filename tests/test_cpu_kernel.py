@@ -201,12 +201,17 @@ def test_bad_index_through_the_extension_raises(bad):
 
 
 def test_float64_goes_to_the_pytorch_path():
+    """The kernel computes in float32: by default float64 calls go to 'fast'; asking for 'cpu' by name says why
+    it cannot run them."""
+    from vssm.ops import UnsupportedScanError
     t, idx, L = make_inputs(PLANS['vmamba'], Bt=1, Dm=3)
     ref = plan_scan_reference(*[t[n] for n in NAMES[:8]], index=idx, length=L, delta_weight=t['delta_weight'])
-    out = plan_selective_scan(*[t[n] for n in NAMES[:8]], index=idx, length=L, delta_weight=t['delta_weight'],
-                              backend='cpu')
+    out = plan_selective_scan(*[t[n] for n in NAMES[:8]], index=idx, length=L, delta_weight=t['delta_weight'])
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    with pytest.raises(UnsupportedScanError, match="'cpu' cannot run this call: it lacks dtype torch.float64"):
+        plan_selective_scan(*[t[n] for n in NAMES[:8]], index=idx, length=L, delta_weight=t['delta_weight'],
+                            backend='cpu')
 
 
 def test_extension_name_is_keyed_by_isa(monkeypatch):

@@ -318,12 +318,14 @@ def test_emulated_backend_through_the_custom_op(emulator):
     plan_selective_scan and autograd through vssm::plan_scan / vssm::plan_scan_bwd, absent inputs included."""
     from functools import partial
 
-    from vssm.ops import scan
-    from vssm.ops.cuda_ext import scan_backward_with, scan_forward_with
-    scan.register_backend('cuda_emulated', scan.Backend(
-        partial(scan_forward_with, emulator, chunk=4, tile=2),
-        backward=partial(scan_backward_with, emulator, chunk=4, tile=2, sub=3), supports=lambda d: True,
-        low_rank=True, grouped=True))
+    from dataclasses import replace
+
+    from vssm.ops import ScanBackend, register_backend, unregister_backend
+    from vssm.ops.cuda_ext import CAPABILITIES, scan_backward_with, scan_forward_with
+    register_backend(ScanBackend(
+        name='cuda_emulated', forward=partial(scan_forward_with, emulator, chunk=4, tile=2),
+        backward=partial(scan_backward_with, emulator, chunk=4, tile=2, sub=3), priority=-1,
+        capabilities=replace(CAPABILITIES, devices=frozenset({'cpu'}))))
     try:
         fwd, bwd = _via_op_backend('cuda_emulated')
         for with_optional, rank, merge in ((True, 2, 'sum'), (False, 0, 'sum'), (True, 2, 'group')):
@@ -332,7 +334,7 @@ def test_emulated_backend_through_the_custom_op(emulator):
             check_against_reference(lambda t: fwd(t, idx, L, merge), lambda g, t: bwd(g, t, idx, L, merge),
                                     as_float32(t), idx, L, merge, torch.float32)
     finally:
-        scan._BACKENDS.pop('cuda_emulated', None)
+        unregister_backend('cuda_emulated')
 
 
 # ------------------------------------------------------------------------- direct calls: clean failures
@@ -482,15 +484,15 @@ def test_loader_imports_without_the_extension():
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         from vssm.ops import cuda_ext
-    from vssm.ops.scan import available_backends, resolve_backend
+    from vssm.ops import available_backends, default_backend
     assert 'cuda' not in available_backends('cpu')
     if cuda_ext.extension() is None:
         assert 'pip install --no-build-isolation ./kernels' in cuda_ext.extension_error()
-        with pytest.raises(ValueError, match="'cuda' is not available"):
-            resolve_backend(torch.device('cpu'), 'cuda')
+        with pytest.raises(ValueError, match="'cuda' .* is not available"):
+            default_backend('cpu', backend='cuda')
     else:
-        with pytest.raises(ValueError, match='cannot run on cpu'):
-            resolve_backend(torch.device('cpu'), 'cuda')
+        with pytest.raises(ValueError, match="lacks device 'cpu'"):
+            default_backend('cpu', backend='cuda')
 
 
 # -------------------------------------------------------------------------------------------- on a GPU
@@ -594,6 +596,31 @@ def test_gpu_direct_call_rejects_bad_index():
 @pytest.mark.gpu
 def test_gpu_env_var_selects_cuda(monkeypatch):
     _cuda_backend_or_skip()
-    from vssm.ops import BACKEND_ENV, resolve_backend
+    from vssm.ops import BACKEND_ENV, default_backend
     monkeypatch.setenv(BACKEND_ENV, 'cuda')
-    assert resolve_backend(torch.device('cuda')) == 'cuda'
+    assert default_backend('cuda') == 'cuda'
+
+
+def test_schedule_maps_onto_the_engine_cost_record(emulator):
+    """The extension's cost model in the engine's one record: the binding's bytes, minimum and workspace carried
+    over one to one, the op's FLOPs, and a minimum within the parameters of the engine's own count."""
+    import dataclasses
+
+    from vssm.ops.cost import ScanCost, ScanShape, op_flops, op_min_bytes
+    from vssm.ops.cuda_ext import schedule, schedule_cost
+    shape = ScanShape(batch=8, directions=4, channels=96, d_state=1, steps=3136, length=3136, rank=6,
+                      dtype=torch.bfloat16, plan=('h', 'v', 'h_flip', 'v_flip'), hw=(56, 56))
+    fwd, bwd = schedule_cost(emulator, shape)
+    for cost, backward in ((fwd, False), (bwd, True)):
+        raw = schedule(emulator, backward=backward, Bt=8, K=4, Dm=96, N=1, R=6, Lk=3136, L=3136)
+        assert isinstance(cost, ScanCost) and cost.backend == 'cuda'
+        assert (cost.bytes_moved, cost.min_bytes, cost.workspace_bytes) == (raw['bytes'], raw['min_bytes'],
+                                                                             raw['workspace_bytes'])
+        assert cost.launches == len(raw['launches']) and cost.programs >= 1
+        assert cost.flops == op_flops(shape, cost.phase)
+        assert cost.traffic_ratio >= 1
+    # the binding counts the same inputs and outputs as the engine, parameters aside
+    params = 4 * 96 * (1 + 2 + 6) * 4
+    assert abs(fwd.min_bytes - op_min_bytes(shape, 'forward')) <= params
+    half = schedule_cost(emulator, dataclasses.replace(shape, batch=4))[0]
+    assert half.min_bytes < fwd.min_bytes

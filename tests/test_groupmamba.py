@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import vssm  # noqa: F401
 from vssm.models.groupmamba import checkpoint_filter_fn, checkpoint_to_official
-from vssm.ops import GROUPED_PLAN, plan_scan_reference, plan_selective_scan, resolve_backend
+from vssm.ops import GROUPED_PLAN, default_backend, plan_scan_reference, plan_selective_scan
 from vssm.ops.flops import count_flops
 
 # ../shared/official_keys/groupmamba_*.keys.txt (made by instantiating the official code), gzipped into the repo
@@ -359,8 +359,8 @@ def _require_grouped_backend(name):
         if load_extension() is None:
             pytest.skip('no C++ compiler: the fused CPU scan is not available')
     try:
-        resolve_backend(torch.device('cpu'), name, merge='group')
-    except ValueError as e:  # not built here, or no grouped support yet (Backend.grouped=False)
+        default_backend('cpu', merge='group', backend=name)
+    except ValueError as e:  # not built here
         pytest.skip(str(e))
 
 

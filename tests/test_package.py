@@ -94,3 +94,117 @@ def test_install_requires_are_ranges_and_extras_are_installed():
             assert r.name.lower() in {p.lower() for p in pins}, f'{r.name} missing from constraints.txt'
     for name, r in reqs.items():
         assert r.specifier.contains(version(name), prereleases=True), (str(r), version(name))
+
+
+# ------------------------------------------------------------------------ packaging (issue 18)
+
+def _setup_kwargs():
+    from pathlib import Path
+    from unittest import mock
+
+    import setuptools
+    root = Path(__file__).resolve().parents[1]
+    with mock.patch.object(setuptools, 'setup') as setup:
+        exec(compile((root / 'setup.py').read_text(), 'setup.py', 'exec'),
+             {'__name__': '__main__', '__file__': str(root / 'setup.py')})
+    return root, setup.call_args.kwargs
+
+
+def test_package_data_covers_every_runtime_source():
+    """Every non-Python file in vssm/ (the C++ the CPU kernel compiles on first use) is in setup.py's
+    package_data, so wheels carry it (scripts/check_wheel.sh builds one and checks)."""
+    import fnmatch
+    root, kw = _setup_kwargs()
+    data = kw['package_data']
+    files = [p for p in (root / 'vssm').rglob('*') if p.is_file() and '__pycache__' not in p.parts
+             and p.suffix not in ('.py', '.pyc', '.so')]
+    assert any(p.suffix == '.cpp' for p in files)
+    for path in files:
+        rel = path.relative_to(root)
+        package = '.'.join(rel.parent.parts)
+        matched = False
+        while package:  # a pattern of the package or of one above it, relative to that package's folder
+            inner = path.relative_to(root / package.replace('.', '/')).as_posix()
+            if any(fnmatch.fnmatch(inner, pat) for pat in data.get(package, ())):
+                matched = True
+                break
+            package = package.rpartition('.')[0]
+        assert matched, f'{rel} is not in setup.py package_data {data}'
+
+
+def test_floors_agree_across_setup_smoke_script_and_readme():
+    """The floors setup.py states are the versions scripts/smoke_old_torch.sh tests (its defaults), and the
+    README states no other floor for torch or timm."""
+    import re
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+    root, kw = _setup_kwargs()
+    floors = {}
+    for r in map(Requirement, kw['install_requires']):
+        lows = [Version(s.version) for s in r.specifier if s.operator == '>=']
+        if r.name in ('torch', 'timm'):
+            assert len(lows) == 1, f'{r}: expected one >= floor'
+            floors[r.name] = lows[0]
+    smoke = (root / 'scripts' / 'smoke_old_torch.sh').read_text()
+    tested = {name: Version(re.search(rf'^{var}=\$\{{SMOKE_{var.split("_")[0]}:-([\d.]+)\}}$', smoke,
+                                      re.M).group(1))
+              for name, var in (('torch', 'TORCH_VERSION'), ('timm', 'TIMM_VERSION'))}
+    assert tested == floors, f'smoke_old_torch.sh tests {tested}, setup.py states {floors}'
+    readme = (root / 'README.md').read_text()
+    for name, floor in floors.items():
+        stated = {Version(v) for v in re.findall(rf'`?{name}\s*(?:>=|≥)\s*([\d.]*\d)', readme)}
+        assert stated == {floor}, f'README states {name} floors {stated}, setup.py {floor}'
+        ranges = re.findall(rf'{name} ([\d.]*\d) to ', readme)
+        assert not ranges, f'README states a {name} range from {ranges}; the floor is {floor}'
+
+
+def test_cpu_kernel_builds_into_a_user_cache_keyed_by_its_inputs(tmp_path, monkeypatch):
+    """The build folder is under TORCH_EXTENSIONS_DIR, else torch's per-user cache ($XDG_CACHE_HOME), never in
+    the package; it changes with the source's contents and the flags, not with the source's file time."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from vssm.ops import cpu_kernel
+    monkeypatch.delenv('TORCH_EXTENSIONS_DIR', raising=False)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    folder = cpu_kernel.build_directory()
+    assert folder.parent == (tmp_path / 'xdg' / 'torch_extensions').resolve()
+    assert folder.name.startswith(cpu_kernel.extension_name() + '_')
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path / 'ext'))
+    folder = cpu_kernel.build_directory()
+    assert folder.parent == tmp_path / 'ext'
+    assert Path(vssm.__file__).parent not in folder.parents
+
+    source = tmp_path / 'plan_scan_cpu.cpp'
+    shutil.copy(cpu_kernel._SOURCE, source)
+    monkeypatch.setattr(cpu_kernel, '_SOURCE', source)
+    assert cpu_kernel.build_directory() == folder  # same contents, another path
+    os.utime(source, (1e10, 1e10))  # a reinstall writes the same source anew
+    assert cpu_kernel.build_directory() == folder
+    source.write_text(source.read_text() + '\n// changed\n')
+    assert cpu_kernel.build_directory() != folder
+    monkeypatch.setenv(cpu_kernel.NATIVE_ENV, '0')
+    assert cpu_kernel.build_directory().name.startswith('vssm_plan_scan_cpu_generic_')
+
+
+def test_cpu_kernel_built_once_loads_without_a_rebuild(tmp_path, monkeypatch, capfd):
+    """A kernel built before is imported as it is, even when its source file is newer (a reinstalled wheel)."""
+    import os
+    import shutil
+
+    import pytest
+    from vssm.ops import cpu_kernel
+    if cpu_kernel.load_extension() is None:
+        pytest.skip('no C++ compiler: the fused CPU scan is not built here')
+    built = cpu_kernel.load_extension().__file__
+    source = tmp_path / 'plan_scan_cpu.cpp'
+    shutil.copy(cpu_kernel._SOURCE, source)
+    os.utime(source, (1e10, 1e10))
+    monkeypatch.setattr(cpu_kernel, '_SOURCE', source)
+    monkeypatch.setattr(cpu_kernel, '_EXT', None)
+    capfd.readouterr()
+    ext = cpu_kernel.load_extension()
+    assert ext is not None and ext.__file__ == built
+    assert 'building' not in capfd.readouterr().err
+    assert ext.plan_scan_split(2, 4, 96, 0) == cpu_kernel.load_extension().plan_scan_split(2, 4, 96, 0)

@@ -304,7 +304,7 @@ def _schedule_shapes():
     spec = importlib.util.spec_from_file_location('vssm_tools_benchmark_scan', path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    return bench.SCHEDULE_SHAPES
+    return bench.schedule_shapes()
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float32], ids=str)
@@ -493,7 +493,7 @@ def test_benchmark_scan_smoke(tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / 'scan.csv'
     rows = bench.main(['--device', 'cpu', '--smoke', '--batch', '1', '--impls', 'fused', 'unfused', '--csv', str(out)])
-    assert {(r.model, r.impl) for r in rows} == {(m, i) for m in bench.DEPTHS for i in ('fused', 'unfused')}
+    assert {(r.model, r.impl) for r in rows} == {(m, i) for m in bench.MODELS for i in ('fused', 'unfused')}
     for r in rows:
         assert r.fwd_ms > 0 and r.fwd_bwd_ms > 0 and r.fwd_bwd_min_bytes > r.fwd_min_bytes > 0
         assert r.fwd_frac_copy_bw > 0 and r.model_fwd_bytes > 0
@@ -501,10 +501,10 @@ def test_benchmark_scan_smoke(tmp_path):
         written = list(csv.DictReader(f))
     assert len(written) == len(rows) and written[0]['device'] == 'cpu'
     # the low-rank roofline on the real VMamba-T s1 shape: u + dts (K*R) + B, C (2*K*N) + y, fp16
-    s1 = bench.LAYERS[0]
+    s1 = bench.layers_at(224, 224)[0]
     assert bench.fused_min_bytes(s1, 1, torch.float16, False) == 2 * 3136 * (96 + 4 * 6 + 2 * 4 * 1 + 96)
     table = bench.main(['--schedule'])
-    assert len(table) == len(bench.SCHEDULE_SHAPES)
+    assert len(table) == len(bench.schedule_shapes())
 
 
 @pytest.mark.skipif(INTERPRETED, reason='the interpreted tests ran in this process')

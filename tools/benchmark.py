@@ -225,9 +225,9 @@ def bench_one(name: str, img_size: int, args, device) -> Dict:
 def _scan_backend(model, device, args) -> str:
     if not type(model).__module__.startswith('vssm.'):
         return ''
-    from vssm.ops.scan import resolve_backend
+    from vssm.ops import default_backend
     try:
-        return resolve_backend(device, args.backend)
+        return default_backend(device, backend=args.backend)
     except ValueError as e:
         return f'error: {e}'
 

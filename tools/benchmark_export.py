@@ -32,7 +32,7 @@ from vssm.deploy import (  # noqa: E402
     ExportRequest, build_model, check_request, example_input, export_program, load_artifact, max_differences,
     save_artifact,
 )
-from vssm.ops import resolve_backend  # noqa: E402
+from vssm.ops import default_backend  # noqa: E402
 
 _logger = logging.getLogger('vssm.benchmark_export')
 
@@ -87,7 +87,7 @@ def bench_model(name: str, args, out_dir: str) -> List[Dict]:
         row = dict(model=name, batch_size=b, img_size=f'{img[0]}x{img[1]}', num_threads=args.num_threads,
                    param_count=params, eager_img_s=b / t_eager, onnxruntime_img_s=b / t_ort,
                    speedup=t_eager / t_ort, max_abs_diff=max_abs, max_rel_diff=max_rel,
-                   eager_scan_backend=resolve_backend(torch.device('cpu')), **sizes)
+                   eager_scan_backend=default_backend('cpu'), **sizes)
         _logger.info('%s batch %d: eager %.2f img/s, onnxruntime %.2f img/s (x%.2f), max rel diff %.1e',
                      name, b, row['eager_img_s'], row['onnxruntime_img_s'], row['speedup'], max_rel)
         rows.append(row)

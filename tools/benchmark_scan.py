@@ -62,42 +62,40 @@ class LayerShape:
     rank: int  # dt_rank = ceil(model dim / 16): the rank of Δ's low-rank form
     seq_u: bool = False  # per-direction sequences (Vim: each direction has its own conv1d)
     with_z: bool = False  # gate inside the scan (Vim); VMamba-family SS2D gates after out_norm
+    count: int = 1  # layers of this shape in one forward of the model
 
 
-VMAMBA = ('h', 'v', 'h_flip', 'v_flip')
-ATROUS = ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v')
+# the models whose scan layers are benchmarked, by short name; their shapes are recorded from one forward of the
+# built model (vssm/tools_common/scan_layers.py), one representative layer per stage (map size and width)
+MODELS = {'vmamba_t': 'vmamba_tiny_s1l8', 'vim_s': 'vim_small', 'localvmamba_t': 'local_vmamba_tiny',
+          'efficientvmamba_t': 'efficient_vmamba_tiny'}
+EXTRA_MODELS = {'vim_t': 'vim_tiny'}  # schedule table only
 
 
-def _dirs(text: str) -> Tuple[str, ...]:
-    return tuple(text.split())
+def model_layers(model: str, height: int = 224, width: int = 224) -> List[LayerShape]:
+    """One LayerShape per stage of MODELS[model] at this input size, with the stage's layer count."""
+    from vssm.tools_common.scan_layers import model_scan_layers
+    stages = {}
+    for layer in model_scan_layers({**MODELS, **EXTRA_MODELS}[model], (height, width)):
+        s = layer.shape
+        key = (s.hw, s.channels)
+        if key in stages:
+            stages[key] = dataclasses.replace(stages[key], count=stages[key].count + layer.count)
+            continue
+        stage = 'all' if s.seq_u else f's{len(stages) + 1}'
+        stages[key] = LayerShape(model, stage, layer.directions, s.hw[0], s.hw[1], s.channels, s.d_state, s.merge,
+                                 s.rank, seq_u=s.seq_u, with_z=s.has_z, count=layer.count)
+    return list(stages.values())
 
 
-def _rank(dim: int) -> int:
-    return math.ceil(dim / 16)
+_LAYER_CACHE = {}
 
 
-# 224x224 input. Widths and state sizes from DESIGN.md section 3:
-#  VMamba-T s1l8: dims 96..768, ssm_ratio 1 (d_inner = dim), d_state 1, maps 56/28/14/7, no z in the scan.
-#  Vim-S: embed 384, expand 2 (d_inner 768), d_state 16, 196 patches + cls token, forward + flipped, mean.
-#  LocalVMamba-T: dims 96..768, ssm_ratio 2, d_state 16; per-layer searched directions (first block of each
-#    stage, from vssm/models/localmamba.py), per-direction outputs ('none') gated and summed outside.
-#  EfficientVMamba-T: dims 48/96 in the two EVSS stages, ssm_ratio 2, d_state 16, atrous step 2 (scatter).
-LAYERS = [
-    LayerShape('vmamba_t', 's1', VMAMBA, 56, 56, 96, 1, 'sum', _rank(96)),
-    LayerShape('vmamba_t', 's2', VMAMBA, 28, 28, 192, 1, 'sum', _rank(192)),
-    LayerShape('vmamba_t', 's3', VMAMBA, 14, 14, 384, 1, 'sum', _rank(384)),
-    LayerShape('vmamba_t', 's4', VMAMBA, 7, 7, 768, 1, 'sum', _rank(768)),
-    LayerShape('vim_s', 'all', ('h', 'h_flip'), 1, 197, 768, 16, 'mean', _rank(384), seq_u=True, with_z=True),
-    LayerShape('localvmamba_t', 's1', _dirs('h h_flip w7 w7_flip'), 56, 56, 192, 16, 'none', _rank(96)),
-    LayerShape('localvmamba_t', 's2', _dirs('h_flip v_flip w2_flip w7'), 28, 28, 384, 16, 'none', _rank(192)),
-    LayerShape('localvmamba_t', 's3', _dirs('h h_flip v_flip w2_flip'), 14, 14, 768, 16, 'none', _rank(384)),
-    LayerShape('localvmamba_t', 's4', _dirs('h_flip v_flip w2_flip w7_flip'), 7, 7, 1536, 16, 'none', _rank(768)),
-    LayerShape('efficientvmamba_t', 's1', ATROUS, 56, 56, 96, 16, 'sum', _rank(48)),
-    LayerShape('efficientvmamba_t', 's2', ATROUS, 28, 28, 192, 16, 'sum', _rank(96)),
-]
-# layers per model at each stage, for the per-image totals (depths from DESIGN.md)
-DEPTHS = {'vmamba_t': {'s1': 2, 's2': 2, 's3': 8, 's4': 2}, 'vim_s': {'all': 24},
-          'localvmamba_t': {'s1': 2, 's2': 2, 's3': 9, 's4': 2}, 'efficientvmamba_t': {'s1': 2, 's2': 2}}
+def layers_at(height: int, width: int) -> List[LayerShape]:
+    """Every MODELS layer at an input size (built once per size)."""
+    if (height, width) not in _LAYER_CACHE:
+        _LAYER_CACHE[height, width] = [s for m in MODELS for s in model_layers(m, height, width)]
+    return _LAYER_CACHE[height, width]
 
 
 @dataclass(frozen=True)
@@ -116,48 +114,36 @@ class ScheduleShape:
     with_z: bool = False
 
 
-def _vmamba_t_stages(label: str, maps, batch: int) -> List[ScheduleShape]:
-    dims = (96, 192, 384, 768)  # VMamba-T s1l8: ssm_ratio 1, d_state 1
-    return [ScheduleShape(f'{label} s{i + 1} {H}x{W} b{batch}', VMAMBA, H, W, batch, d, 1, _rank(d))
-            for i, ((H, W), d) in enumerate(zip(maps, dims))]
+def _stages(model: str, label: str, size: Tuple[int, int], batches: Sequence[int]) -> List[ScheduleShape]:
+    """Every stage layer of MODELS[model] at input ``size`` (recorded from the built model), at each batch."""
+    return [ScheduleShape(f'{label} {l.stage} {l.H}x{l.W} b{b}', l.directions, l.H, l.W, b, l.channels, l.d_state,
+                          l.rank, l.merge, l.seq_u, l.with_z)
+            for b in batches for l in model_layers(model, *size)]
 
 
-# VMamba-T at 224^2 (batch 1, 8, 128); the Mask R-CNN 800x1333 stage maps at batch 2; UperNet 512^2 at batch 2
-# and 16; a 1024^2 (ERF) input at batch 1; vim_tiny at 1248^2 (78x78 patches + cls, 2 directions, d_inner 384)
-SCHEDULE_SHAPES = (
-    [s for b in (1, 8, 128) for s in _vmamba_t_stages('VMamba-T 224', [(56, 56), (28, 28), (14, 14), (7, 7)], b)]
-    + _vmamba_t_stages('Mask R-CNN 800x1333', [(200, 334), (100, 167), (50, 84), (25, 42)], 2)
-    + [s for b in (2, 16) for s in _vmamba_t_stages('UperNet 512', [(128, 128), (64, 64), (32, 32), (16, 16)], b)]
-    + _vmamba_t_stages('1024', [(256, 256), (128, 128), (64, 64), (32, 32)], 1)
-    + [ScheduleShape('vim_tiny 1248 1x6085 b1', ('h', 'h_flip'), 1, 78 * 78 + 1, 1, 384, 16, _rank(192), 'mean',
-                     seq_u=True, with_z=True)]
-)
+def schedule_shapes() -> List[ScheduleShape]:
+    """VMamba-T at 224^2 (batch 1, 8, 128); the Mask R-CNN 800x1333 stage maps at batch 2; UperNet 512^2 at batch 2
+    and 16; a 1024^2 (ERF) input at batch 1; vim_tiny at 1248^2 (78x78 patches + cls token)."""
+    return (_stages('vmamba_t', 'VMamba-T 224', (224, 224), (1, 8, 128))
+            + _stages('vmamba_t', 'Mask R-CNN 800x1333', (800, 1333), (2,))
+            + _stages('vmamba_t', 'UperNet 512', (512, 512), (2, 16))
+            + _stages('vmamba_t', '1024', (1024, 1024), (1,))
+            + _stages('vim_t', 'vim_tiny 1248', (1248, 1248), (1,)))
 
 
 # Detection: mmdet resizes to 800x1333 and pads to a multiple of 32 (DetDataPreprocessor pad_size_divisor=32), so
 # the backbone sees 800x1344: stage maps 200x336 / 100x168 / 50x84 / 25x42, Vim 50x84 patches + class token.
 DETECTION_INPUT = (800, 1344)
-VIM_PATCH = 16
 
 
-def at_input(shape: LayerShape, height: int, width: int) -> LayerShape:
-    """The same layer for another input size: a hierarchical stage keeps its stride (224 / its 224 map side;
-    stride-2 convs round up), a Vim layer keeps patch 16 and its class token."""
-    if shape.seq_u:
-        tokens = math.ceil(height / VIM_PATCH) * math.ceil(width / VIM_PATCH) + 1
-        return dataclasses.replace(shape, H=1, W=tokens)
-    stride = 224 // shape.W
-    return dataclasses.replace(shape, H=math.ceil(height / stride), W=math.ceil(width / stride))
-
-
-# shape set -> (layers, default batch)
+# shape set -> (input size, default batch)
 SHAPE_SETS = {
-    'cls224': (LAYERS, 128),
-    'det800': ([at_input(s, *DETECTION_INPUT) for s in LAYERS], 2),
+    'cls224': ((224, 224), 128),
+    'det800': (DETECTION_INPUT, 2),
 }
 
 
-def smoke_layers(layers: Sequence[LayerShape] = LAYERS) -> List[LayerShape]:
+def smoke_layers(layers: Sequence[LayerShape]) -> List[LayerShape]:
     """Tiny versions of every model's shapes (same plans and merges) for a quick CPU run."""
     tiny = []
     seen = set()
@@ -418,20 +404,18 @@ def bench_layer(shape: LayerShape, impl: str, batch: int, dtype, device, warmup:
     )
 
 
-def per_image_mb(model: str, dtype, low_rank: bool = True, layers: Sequence[LayerShape] = LAYERS) -> float:
+def per_image_mb(model: str, dtype, low_rank: bool, layers: Sequence[LayerShape]) -> float:
     """Fused-minimum forward bytes of all of a model's scan layers for one image, in MB (1e6)."""
-    shapes = {s.stage: s for s in layers if s.model == model}
-    return sum(n * fused_min_bytes(shapes[stage], 1, dtype, False, low_rank)
-               for stage, n in DEPTHS[model].items()) / 1e6
+    return sum(s.count * fused_min_bytes(s, 1, dtype, False, low_rank) for s in layers if s.model == model) / 1e6
 
 
 def schedule_table(dtype=torch.bfloat16, n_sm: int = 132):
-    """The cost model over SCHEDULE_SHAPES (computed here, no GPU): [(label, ScanCost, build ms)]."""
+    """The Triton cost model over schedule_shapes() (computed here, no GPU): [(label, TritonCost, build ms)]."""
     from vssm.ops import _triton_schedule as sched
     from vssm.ops.scan_cost import scan_cost
     rows = []
     e = torch.finfo(dtype).bits // 8
-    for s in SCHEDULE_SHAPES:
+    for s in schedule_shapes():
         idx = build_index(s.directions, s.H, s.W)
         problem = sched.ScanProblem(batch=s.batch, channels=s.channels, d_state=s.d_state, rank=s.rank, merge=s.merge,
                                     seq_u=s.seq_u, has_z=s.with_z, u_bytes=e, delta_bytes=e, bc_bytes=e, z_bytes=e,
@@ -442,6 +426,89 @@ def schedule_table(dtype=torch.bfloat16, n_sm: int = 132):
         ms = (time.perf_counter() - t0) * 1e3
         rows.append((s.label, scan_cost(plan), f'{ms:.1f}'))
     return rows
+
+
+# ------------------------------------------------------------------------------------ backends side by side
+
+def compare_backends(model: str, layer: int, batch: int, dtype, device, warmup: int, iters: int,
+                     img_size: int = 224, backends: Optional[Sequence[str]] = None) -> List[dict]:
+    """Every backend that can run one scan layer of a built vssm model: forward and forward+backward times
+    (median, min, max ms) beside each backend's cost record (vssm/ops/cost.py) at that shape."""
+    from vssm.ops import available_backends, get_backend, scan_request
+    from vssm.tools_common.scan_layers import model_scan_layers
+    layers = model_scan_layers(model, img_size)
+    if not 0 <= layer < len(layers):
+        raise SystemExit(f'{model} has {len(layers)} distinct scan layers at {img_size}^2; --layer must be in '
+                         f'[0, {len(layers)})')
+    rec = layers[layer]
+    s = rec.shape
+    shape = LayerShape(model, rec.label, rec.directions, s.hw[0], s.hw[1], s.channels, s.d_state, s.merge, s.rank,
+                       seq_u=s.seq_u, with_z=s.has_z, count=rec.count)
+    cost_shape = dataclasses.replace(rec.at_batch(batch), dtype=dtype)
+    t, idx, L = make_inputs(shape, batch, dtype, device, requires_grad=False)
+    request = scan_request(t['u'], shape.merge, *t.values())
+    rows = []
+    for name in backends or available_backends(device):
+        b = get_backend(name)
+        if b is None or b.why_not(request) is not None:
+            continue
+        args, kw = _op_args(t)
+
+        def forward():
+            return plan_selective_scan(*args, index=idx, length=L, merge=shape.merge, backend=name, **kw)
+
+        with torch.no_grad():
+            fwd = time_stats(forward, device, warmup, iters)
+        tg, _, _ = make_inputs(shape, batch, dtype, device, requires_grad=True)
+        leaves = [v for v in tg.values() if v is not None]
+        gargs, gkw = _op_args(tg)
+        grad = torch.randn_like(forward())
+
+        def step():
+            out = plan_selective_scan(*gargs, index=idx, length=L, merge=shape.merge, backend=name, **gkw)
+            torch.autograd.grad(out, leaves, grad)
+
+        fb = time_stats(step, device, warmup, iters)
+        row = dict(backend=name, fwd_ms=fwd, fwd_bwd_ms=fb)
+        if b.cost is not None:
+            row['cost'] = b.cost(cost_shape)
+        rows.append(row)
+    print(f'# {model} {rec.label} (x{rec.count} per image): directions {" ".join(rec.directions)}, channels '
+          f'{s.channels}, d_state {s.d_state}, rank {s.rank}, merge {s.merge}; batch {batch}, {dtype}, {device}')
+    print('| backend | fwd ms median (min-max) | fwd+bwd ms median (min-max) | fwd MB moved (x min) | bwd MB moved '
+          '(x min) | GFLOP f/b | workspace MB f/b | programs f/b | launches f/b |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        c = r.get('cost')
+        cells = [r['backend'], _fmt_stats(r['fwd_ms']), _fmt_stats(r['fwd_bwd_ms'])]
+        if c is None:
+            cells += ['-'] * 6
+        else:
+            f, bw = c
+            cells += [f'{f.bytes_moved / 1e6:.1f} ({f.traffic_ratio:.1f}x)', f'{bw.bytes_moved / 1e6:.1f} '
+                      f'({bw.traffic_ratio:.1f}x)', f'{f.flops / 1e9:.3f} / {bw.flops / 1e9:.3f}',
+                      f'{f.workspace_bytes / 1e6:.1f} / {bw.workspace_bytes / 1e6:.1f}', f'{f.programs} / {bw.programs}',
+                      f'{f.launches} / {bw.launches}']
+        print('| ' + ' | '.join(cells) + ' |', flush=True)
+    return rows
+
+
+def time_stats(fn, device, warmup: int, iters: int) -> Tuple[float, float, float]:
+    """(median, min, max) milliseconds per call."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(max(1, iters)):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), min(times), max(times)
+
+
+def _fmt_stats(t: Tuple[float, float, float]) -> str:
+    return f'{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f})'
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -455,7 +522,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                    help='cls224: 224x224 layer shapes, batch 128; det800: stage maps of an 800x1333 detection input '
                         '(padded to 800x1344), batch 2')
     p.add_argument('--batch', type=int, default=None, help="default: the shape set's (2 with --smoke)")
-    p.add_argument('--models', nargs='*', default=None, help=f'subset of {sorted(DEPTHS)}')
+    p.add_argument('--models', nargs='*', default=None, help=f'subset of {sorted(MODELS)}')
     p.add_argument('--impls', nargs='*', default=None, help=f'subset of {list(IMPLS)} (default: all available)')
     p.add_argument('--skip-missing', action='store_true',
                    help='drop --impls that are not available here (with a note) instead of stopping')
@@ -466,6 +533,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument('--smoke', action='store_true', help='tiny shapes, one iteration: checks the script runs')
     p.add_argument('--schedule', action='store_true',
                    help='print the cost-model table at the shapes the models meet (no timing, no GPU) and exit')
+    p.add_argument('--compare', metavar='MODEL', default=None,
+                   help='every available backend side by side on one scan layer of this built vssm model')
+    p.add_argument('--layer', type=int, default=0, help='with --compare: the distinct scan layer (in call order)')
+    p.add_argument('--img-size', type=int, default=224, help='with --compare: the input size the model sees')
     p.add_argument('--warmup', type=int, default=None)
     p.add_argument('--iters', type=int, default=None)
     p.add_argument('--copy-mib', type=int, default=None, help='size of the bandwidth probe (default 1024, 16 smoke)')
@@ -484,15 +555,21 @@ def main(argv: Optional[Sequence[str]] = None) -> List:
         torch.set_num_threads(1)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ('float16' if device.type == 'cuda' else 'float32'))
-    set_layers, set_batch = SHAPE_SETS[args.shape_set]
+    if args.compare:
+        return compare_backends(args.compare, args.layer, args.batch or (1 if args.smoke else 8), dtype, device,
+                                args.warmup if args.warmup is not None else (0 if args.smoke else 2),
+                                args.iters if args.iters is not None else (1 if args.smoke else 10), args.img_size,
+                                args.impls)
+    (height, width), set_batch = SHAPE_SETS[args.shape_set]
+    set_layers = layers_at(height, width)
     batch = args.batch or (2 if args.smoke else set_batch)
     warmup = args.warmup if args.warmup is not None else (0 if args.smoke else 5)
     iters = args.iters if args.iters is not None else (1 if args.smoke else 20)
     layers = smoke_layers(set_layers) if args.smoke else set_layers
     if args.models:
-        unknown = set(args.models) - set(DEPTHS)
+        unknown = set(args.models) - set(MODELS)
         if unknown:
-            raise SystemExit(f'unknown models {sorted(unknown)}; expected some of {sorted(DEPTHS)}')
+            raise SystemExit(f'unknown models {sorted(unknown)}; expected some of {sorted(MODELS)}')
         layers = [s for s in layers if s.model in args.models]
     impls = available_impls(device)
     if args.impls:

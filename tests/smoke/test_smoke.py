@@ -1,5 +1,6 @@
 """Smoke subset for the oldest supported torch: import, every family's forward + backward at a small size (and
-under torch.inference_mode), the plan-scan op's opcheck and a compiled training step.
+under torch.inference_mode), the plan-scan op's opcheck, a compiled training step without graph breaks,
+torch.export and FX feature extraction.
 
 CI runs it on torch 2.13.0 in a second venv (scripts/smoke_old_torch.sh); it is also part of the main suite,
 where it costs a few seconds. The scan runs on the default CPU backend, so the fused C++ CPU kernel is built
@@ -90,11 +91,16 @@ def _scan_args(merge: str, low_rank: bool):
     return t, weight, idx, L
 
 
+@pytest.mark.parametrize('backend', ['fast', 'cpu'])
 @pytest.mark.parametrize('merge,low_rank', [('sum', False), ('none', False), ('sum', True)])
-def test_opcheck_plan_scan(merge, low_rank):
-    """torch.library.opcheck: schema, fake kernel, autograd registration and AOT dispatch of vssm::plan_scan."""
+def test_opcheck_plan_scan(merge, low_rank, backend):
+    """torch.library.opcheck: schema, fake kernel, autograd registration and AOT dispatch of vssm::plan_scan, for
+    a backend whose backward is the engine's recompute ('fast') and one with its own backward ('cpu')."""
+    from vssm.ops import available_backends
+    if backend not in available_backends('cpu'):
+        pytest.skip(f'{backend} is not available here (no C++ compiler)')
     t, weight, idx, L = _scan_args(merge, low_rank)
-    args = (*[t[n] for n in SCAN_NAMES], weight, idx, L, merge, True, 'fast')
+    args = (*[t[n] for n in SCAN_NAMES], weight, idx, L, merge, True, backend)
     torch.library.opcheck(torch.ops.vssm.plan_scan.default, args)
 
 
@@ -122,3 +128,27 @@ def test_compiled_training_step_without_graph_break():
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_torch_export_round_trip():
+    """torch.export (the scan as standard ops) with a dynamic batch: the exported program equals eager."""
+    model = timm.create_model('vmamba_tiny_s1l8', num_classes=3, **SMALL['vmamba_tiny_s1l8']).eval()
+    x = torch.randn(2, 3, 32, 32)
+    batch = torch.export.Dim('batch', min=1, max=16)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    assert not [n for n in program.graph.nodes if 'vssm' in str(n.target)], 'the custom op leaked into the export'
+    with torch.no_grad():
+        for b in (2, 3):
+            xb = torch.randn(b, 3, 32, 32)
+            torch.testing.assert_close(program.module()(xb), model(xb), rtol=1e-4, atol=1e-5)
+
+
+def test_fx_feature_extraction():
+    """timm's FX feature extraction treats the scan entry point as a leaf."""
+    from timm.models import create_feature_extractor, get_graph_node_names
+    model = timm.create_model('vmamba_tiny_s1l8', num_classes=3, **SMALL['vmamba_tiny_s1l8']).eval()
+    nodes = get_graph_node_names(model)[1]
+    extractor = create_feature_extractor(model, return_nodes=[nodes[-1]])
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(extractor(x)[nodes[-1]], model(x))

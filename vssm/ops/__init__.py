@@ -4,8 +4,12 @@ from .plans import (
     GROUPED_PLAN, MERGE_MODES, validate_index,
 )
 from .selective_scan import selective_scan_ref, selective_scan_fast
+from .backend import (
+    Capabilities, ScanBackend, ScanRequest, UnsupportedScanError, register_backend, unregister_backend, get_backend,
+    available_backends, resolve_backend, default_backend, recompute_grads, ALL_FLOAT_DTYPES, REDUCED_FLOAT_DTYPES,
+)
 from .scan import (
-    plan_selective_scan, plan_scan_reference, plan_scan_fast, register_backend, available_backends,
-    resolve_backend, expand_delta, Backend, ScanInputError, BACKEND_ENV, CPU_KERNEL_ENV,
+    plan_selective_scan, plan_scan_reference, plan_scan_fast, scan_over_plan, scan_request, expand_delta,
+    empty_output, ScanInputError, BACKEND_ENV, CPU_KERNEL_ENV,
 )
 from .ssd import plan_ssd_scan, plan_ssd_reference, plan_ssd_fast, plan_ssd_export, register_ssd_backend, SSDBackend

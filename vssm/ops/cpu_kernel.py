@@ -3,7 +3,8 @@
 torch's extension machinery builds it with the machine's C++ compiler, once per CPU kind: with
 ``-march=native`` (the default; ``VSSM_CPU_NATIVE=0`` builds for the generic target) the extension's name
 carries a short hash of the CPU's ISA, so a cache directory shared by machines with different CPUs never
-hands one machine another's binary. One line on stderr announces a build. If the build fails (no
+hands one machine another's binary. The build goes to a user cache (``build_directory()``), never beside the
+source, so a read-only site-packages works. One line on stderr announces a build. If the build fails (no
 compiler), the backend is simply not available and dispatch stays on 'fast'.
 
 The kernel computes Δ in low-rank form itself (``delta_weight``), runs grouped plans (merge 'group'), reads
@@ -12,17 +13,19 @@ layout; float64 inputs go to the PyTorch path. The cost model is at the top of t
 docs/scan_kernel.md ("CPU kernel").
 """
 import hashlib
+import importlib.util
 import os
 import platform
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
-from .scan import Backend, plan_scan_fast, register_backend, _recompute_backward
+from .backend import REDUCED_FLOAT_DTYPES, Capabilities, ScanBackend, register_backend
+from .scan import CPU_KERNEL_ENV, plan_scan_fast
 
 __all__ = ['load_extension', 'plan_scan_cpu', 'plan_scan_cpu_backward', 'extension_name', 'work_split', 'cost_model']
 
@@ -67,36 +70,69 @@ def extension_name() -> str:
     return 'vssm_plan_scan_cpu_' + hashlib.sha1(_isa_fingerprint().encode()).hexdigest()[:10]
 
 
-def _needs_build(name: str) -> bool:
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-        so = Path(_get_build_directory(name, verbose=False)) / f'{name}.so'
-    except Exception:  # a private helper: if it moves, announce the (possible) build anyway
-        return True
-    return not so.exists() or so.stat().st_mtime < _SOURCE.stat().st_mtime
+def _compile_flags() -> List[str]:
+    flags = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-fopenmp']  # no -ffast-math: exact IEEE order, NaN kept
+    if _native():
+        flags.append('-march=native')
+    return flags
+
+
+def build_directory(name: Optional[str] = None) -> Path:
+    """Where the extension is built and cached: a user cache, never the package's own folder.
+
+    The root is ``TORCH_EXTENSIONS_DIR`` if set, else torch's per-user cache
+    (``torch.utils.cpp_extension.get_default_build_root()``: ``$XDG_CACHE_HOME/torch_extensions``, by default
+    ``~/.cache/torch_extensions``), so an install into a read-only site-packages builds too. The folder is keyed
+    by what the binary depends on: the source's contents, the flags, torch's and Python's versions. A changed
+    source or another torch builds afresh; an unchanged one is found again whatever its file times (a
+    reinstalled wheel writes the same source anew).
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+    name = name or extension_name()
+    root = os.environ.get('TORCH_EXTENSIONS_DIR') or get_default_build_root()
+    key = hashlib.sha1(_SOURCE.read_bytes())
+    key.update(repr((_compile_flags(), torch.__version__, sys.implementation.cache_tag,
+                     getattr(sys, 'abiflags', ''))).encode())
+    return Path(root) / f'{name}_{key.hexdigest()[:12]}'
+
+
+def _library_path(name: str, folder: Path) -> Path:
+    return folder / (name + ('.pyd' if sys.platform == 'win32' else '.so'))
+
+
+def _import_built(name: str, path: Path):
+    """Import an extension module built earlier (what torch's loader does once ninja is done)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_extension(verbose: bool = False):
-    """Build (first time on this CPU kind) and import the extension; None when it cannot be built here."""
+    """Build (first time on this CPU kind and stack) and import the extension; None when it cannot be built."""
     global _EXT, _FAILED
     if _EXT is not None or _FAILED:
         return _EXT
     name = extension_name()
     try:
+        folder = build_directory(name)
+        library = _library_path(name, folder)
+        if library.exists():  # built before: import it as it is (no compiler, no ninja needed)
+            try:
+                _EXT = _import_built(name, library)
+                return _EXT
+            except ImportError:  # half written by a build running elsewhere: torch's loader waits for it
+                pass
         from torch.utils.cpp_extension import load
-        flags = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-fopenmp']  # no -ffast-math: exact IEEE order, NaN kept
-        if _native():
-            flags.append('-march=native')
-        building = _needs_build(name)
-        if building:
-            print(f'vssm: building the fused C++ CPU scan ({name}, {"-march=native" if _native() else "generic"}) '
-                  f'on first use; about {_BUILD_SECONDS} s (longer on a busy machine), cached for this CPU', file=sys.stderr,
-                  flush=True)
+        print(f'vssm: building the fused C++ CPU scan ({name}, {"-march=native" if _native() else "generic"}) '
+              f'on first use into {folder}; about {_BUILD_SECONDS} s (longer on a busy machine), cached for this '
+              f'CPU', file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        _EXT = load(name, [str(_SOURCE)], extra_cflags=flags, extra_ldflags=['-fopenmp'], verbose=verbose)
-        if building:
-            print(f'vssm: fused C++ CPU scan built in {time.perf_counter() - t0:.0f} s', file=sys.stderr, flush=True)
-    except Exception as e:  # no compiler, no headers: the PyTorch path still works
+        folder.mkdir(parents=True, exist_ok=True)
+        _EXT = load(name, [str(_SOURCE)], extra_cflags=_compile_flags(), extra_ldflags=['-fopenmp'],
+                    build_directory=str(folder), verbose=verbose)
+        print(f'vssm: fused C++ CPU scan built in {time.perf_counter() - t0:.0f} s', file=sys.stderr, flush=True)
+    except Exception as e:  # no compiler, no headers, no writable cache: the PyTorch path still works
         _FAILED = True
         warnings.warn(f'vssm: the fused CPU scan could not be built ({type(e).__name__}: {e}); using the '
                       f'PyTorch path')
@@ -151,6 +187,23 @@ def cost_model(B: int, K: int, D: int, L: int, Lk: int, N: int, R: int, grouped:
     return out
 
 
+def cpu_cost(s):
+    """``cost_model`` in the engine's record (vssm/ops/cost.py); computed in float32 inside the kernel."""
+    from .cost import ScanCost, op_flops, op_min_bytes
+    c = cost_model(s.batch, s.directions, s.channels, s.length, s.steps, s.d_state, s.rank,
+                   grouped=s.merge == 'group', train=True)
+    fwd = ScanCost('cpu', 'forward', bytes_moved=c['forward_touched_bytes'], min_bytes=op_min_bytes(s, 'forward'),
+                   flops=op_flops(s, 'forward'), workspace_bytes=0, programs=c['forward_tasks'], launches=1,
+                   details=dict(kernel_min_bytes=c['forward_min_bytes'],
+                                vector_ops_per_16_channel_steps=c['vector_ops_per_16_channel_steps']))
+    bwd = ScanCost('cpu', 'backward', bytes_moved=c['backward_min_bytes'] + c['backward_workspace_bytes'],
+                   min_bytes=op_min_bytes(s, 'backward'), flops=op_flops(s, 'backward'),
+                   workspace_bytes=c['backward_workspace_bytes'], programs=c['backward_tasks'], launches=1,
+                   details=dict(forward_passes=c['backward_forward_passes'],
+                                step_store_bytes_per_thread=c['step_store_bytes_per_thread']))
+    return fwd, bwd
+
+
 # VMamba-T (s1l8) scan layers at 224x224: (stage, D, H = W, R); N = 1, K = 4
 _VMAMBA_T = (('stage 1', 96, 56, 6), ('stage 2', 192, 28, 12), ('stage 3', 384, 14, 24), ('stage 4', 768, 7, 48))
 
@@ -202,10 +255,6 @@ def _bench(batch: int, threads: int, iters: int) -> None:
 # ------------------------------------------------------------------------------------------ the backend
 
 _EMPTY = torch.empty(0)
-
-
-def _has_float64(*tensors) -> bool:
-    return any(t is not None and t.dtype == torch.float64 for t in tensors)
 
 
 def _f32(t: Optional[torch.Tensor]) -> torch.Tensor:
@@ -267,10 +316,7 @@ def _kernel_args(u, delta, A, B, C, D, z, delta_bias, delta_weight, index):
 
 def plan_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
                   delta_softplus=True, delta_weight=None):
-    """Same contract as plan_scan_reference; float32 compute (float64 inputs go to the PyTorch path)."""
-    if _has_float64(u, delta, A, B, C, D, z, delta_bias, delta_weight):
-        return plan_scan_fast(u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
-                              delta_softplus=delta_softplus, delta_weight=delta_weight)
+    """Same contract as plan_scan_reference; float32 compute (float64 is not among its capabilities)."""
     out = load_extension().plan_scan_forward(
         *_kernel_args(u, delta, A, B, C, D, z, delta_bias, delta_weight, index), int(length), _MERGE_CODES[merge],
         delta_softplus)
@@ -284,8 +330,6 @@ def plan_scan_cpu_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta_bi
     With ``delta_weight`` the second gradient is d(dts) (Bt, K, R, Lk) and a ninth, d(delta_weight), follows.
     """
     inputs = (u, delta, A, B, C, D, z, delta_bias) + ((delta_weight,) if delta_weight is not None else ())
-    if _has_float64(grad_out, *inputs):
-        return _recompute_backward(plan_scan_fast, grad_out, inputs, index, length, merge, delta_softplus)
     low_rank = delta_weight is not None
     # the channel sums (d(dts), dB, dC) are written by the kernel straight into their inputs' layouts
     g_dts = torch.empty_like(delta, dtype=torch.float32) if low_rank else _EMPTY
@@ -299,12 +343,15 @@ def plan_scan_cpu_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta_bi
     return [g.to(t.dtype) if g is not None else None for g, t in zip(grads, inputs)]
 
 
-def _supports(device) -> bool:
-    return torch.device(device).type == 'cpu' and load_extension() is not None
+def _available(device) -> bool:
+    return os.environ.get(CPU_KERNEL_ENV, '1') != '0' and load_extension() is not None
 
 
-register_backend('cpu', Backend(plan_scan_cpu, backward=plan_scan_cpu_backward, differentiable=plan_scan_fast,
-                                 supports=_supports, low_rank=True, grouped=True))
+# float64 is left to the PyTorch paths ('fast' is next in priority); deterministic for any thread count
+register_backend(ScanBackend(
+    name='cpu', forward=plan_scan_cpu, backward=plan_scan_cpu_backward, available=_available, priority=20,
+    cost=cpu_cost,
+    capabilities=Capabilities(devices=frozenset({'cpu'}), dtypes=REDUCED_FLOAT_DTYPES, low_rank_delta=True)))
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .scan import Backend, _recompute_backward, plan_scan_reference, register_backend
+from .backend import REDUCED_FLOAT_DTYPES, Capabilities, ScanBackend, register_backend
 
 __all__ = ['extension', 'extension_error', 'cuda_plan_scan', 'cuda_plan_scan_backward', 'scan_forward_with',
            'scan_backward_with', 'schedule', 'MERGE_CODES']
@@ -60,10 +60,6 @@ def _f32(t):
     return None if t is None else t.to(torch.float32).contiguous()
 
 
-def _has_float64(*tensors):
-    return any(t is not None and t.dtype == torch.float64 for t in tensors)
-
-
 def scan_forward_with(ext, u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
                       delta_softplus=True, delta_weight=None, chunk=0, tile=0, num_sms=0):
     """Forward through a module with the extension's interface (the CUDA build, or the CPU emulator in tests).
@@ -93,18 +89,12 @@ def scan_backward_with(ext, grad_out, u, delta, A, B, C, D=None, z=None, delta_b
 def cuda_plan_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
                    delta_softplus=True, delta_weight=None):
     """The 'cuda' backend's forward (same contract as plan_scan_reference)."""
-    if _has_float64(u, delta, A, B, C, D, z, delta_bias, delta_weight):
-        return plan_scan_reference(u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
-                                   delta_softplus=delta_softplus, delta_weight=delta_weight)
     return scan_forward_with(_EXT, u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
                              delta_softplus=delta_softplus, delta_weight=delta_weight)
 
 
 def cuda_plan_scan_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length,
                             merge='sum', delta_softplus=True, delta_weight=None):
-    inputs = (u, delta, A, B, C, D, z, delta_bias) + ((delta_weight,) if delta_weight is not None else ())
-    if _has_float64(*inputs):
-        return _recompute_backward(plan_scan_reference, grad_out, inputs, index, length, merge, delta_softplus)
     return scan_backward_with(_EXT, grad_out, u, delta, A, B, C, D, z, delta_bias, index=index, length=length,
                               merge=merge, delta_softplus=delta_softplus, delta_weight=delta_weight)
 
@@ -122,13 +112,32 @@ def schedule(ext, *, backward, Bt, K, Dm, N, R, Lk, L, merge='sum', seq_u=False,
                         forced.get('sub', 0), forced.get('slots', 0), forced.get('chunk_slots', 0))
 
 
-def _supports(device) -> bool:
+def schedule_cost(ext, s, num_sms: int = 132):
+    """The extension's ``schedule`` for a ScanShape, mapped onto the engine's record (forward, backward): bytes,
+    min_bytes and workspace_bytes map one to one, programs = the smallest launch's grid size."""
+    from .cost import ScanCost, op_flops
+    out = []
+    for phase in ('forward', 'backward'):
+        d = schedule(ext, backward=phase == 'backward', Bt=s.batch, K=s.directions, Dm=s.channels, N=s.d_state,
+                     R=s.rank, Lk=s.steps, L=s.length, merge=s.merge, seq_u=s.seq_u, has_z=s.has_z, has_D=s.has_D,
+                     dtype=s.dtype, num_sms=num_sms,
+                     full=not any(n.startswith('a') for n in s.plan))  # atrous directions cover part of the map
+        grids = [l['blocks'] for l in d['launches']] or [1]
+        out.append(ScanCost('cuda', phase, bytes_moved=d['bytes'], min_bytes=d['min_bytes'], flops=op_flops(s, phase),
+                            workspace_bytes=d['workspace_bytes'], programs=min(grids), launches=len(d['launches']),
+                            details=dict(chunk=d['chunk'], chunks=d['nchunks'], tile=d['tile'])))
+    return tuple(out)
+
+
+def _available(device) -> bool:
     return torch.device(device).type == 'cuda' and _EXT is not None and torch.cuda.is_available()
 
 
+# below Triton, above the PyTorch paths (float64 goes there)
+CAPABILITIES = Capabilities(devices=frozenset({'cuda'}), dtypes=REDUCED_FLOAT_DTYPES, low_rank_delta=True)
 if _EXT is not None:
-    register_backend('cuda', Backend(cuda_plan_scan, backward=cuda_plan_scan_backward,
-                                     differentiable=plan_scan_reference, supports=_supports, low_rank=True,
-                                     grouped=True))
+    register_backend(ScanBackend(name='cuda', forward=cuda_plan_scan, backward=cuda_plan_scan_backward,
+                                 available=_available, priority=25, capabilities=CAPABILITIES,
+                                 cost=lambda s: schedule_cost(_EXT, s)))
 else:
     warnings.warn(f'vssm: scan backend "cuda" is unavailable: {extension_error()}', stacklevel=2)

@@ -30,8 +30,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .scan import Backend, _empty_output, _plan_scan_with, register_backend
-from .selective_scan import _finish, _prepare
+from .backend import ALL_FLOAT_DTYPES, Capabilities, ScanBackend, register_backend
+from .scan import empty_output, scan_over_plan
+from .selective_scan import finish_output, prepare_inputs
 
 __all__ = ['CHUNK', 'linear_recurrence', 'selective_scan_export', 'inverse_index', 'merge_by_gather',
            'plan_scan_export']
@@ -94,13 +95,13 @@ def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if u.device.type == 'meta':
         return torch.empty_like(u)
     shape, dtype = u.shape, u.dtype
-    us, delta, A, B, C, _ = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    us, delta, A, B, C, _ = prepare_inputs(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if A.shape[-1] == 1:
         # one state: the state tensors are no larger than the inputs, so reordering the inputs costs as much as
         # it saves (measured in onnxruntime on VMamba-T s1l8): the time-last recurrence as it is
         a = delta[:, :, :, None, :] * A[..., None]  # (B, G, Dg, 1, L)
         h = linear_recurrence(a, (delta * us)[:, :, :, None, :] * B.transpose(-1, -2), chunk)
-        return _finish((h * C.transpose(-1, -2)).sum(-2), us, D, z, dtype, shape)
+        return finish_output((h * C.transpose(-1, -2)).sum(-2), us, D, z, dtype, shape)
     L = us.shape[-1]
     T = min(chunk, L)
     n = -(-L // T)
@@ -119,7 +120,7 @@ def selective_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     y = (h * C_tm).sum(3).transpose(-1, -2).flatten(-2)  # (B, G, Dg, n*T), time-last again (no state axis)
     if n * T != L:
         y = y[..., :L]
-    return _finish(y, us, D, z, dtype, shape)
+    return finish_output(y, us, D, z, dtype, shape)
 
 
 def _steps_tm(decay: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
@@ -169,10 +170,24 @@ def plan_scan_export(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, inde
                      delta_softplus=True, delta_weight: Optional[torch.Tensor] = None):
     """The plan scan (cross-scan gather, exportable scan, gather merge) in standard ops; any dtype, meta included."""
     if u.device.type == 'meta':
-        return _empty_output(u, index, length, merge)
-    return _plan_scan_with(selective_scan_export, u, delta, A, B, C, D, z, delta_bias, index, length, merge,
+        return empty_output(u, index, length, merge)
+    return scan_over_plan(selective_scan_export, u, delta, A, B, C, D, z, delta_bias, index, length, merge,
                            delta_softplus, delta_weight, merge_fn=merge_by_gather)
 
 
 # also a named backend ('export', or VSSM_SCAN_BACKEND=export) so eager runs and tests can call it
-register_backend('export', Backend(plan_scan_export, differentiable=plan_scan_export, low_rank=True, grouped=True))
+def export_cost(s):
+    """Blocked scan: ~5 passes over the (lanes, steps) states at the first level, 1/CHUNK of that above it; about
+    2·CHUNK op calls per recursion level (the fixed-length loops)."""
+    import math
+    from .cost import pytorch_path_cost
+    levels = max(1, math.ceil(math.log(max(2, s.steps), CHUNK)))
+    return pytorch_path_cost('export', s, passes=5, chunk=s.steps, launches_per_chunk=2 * CHUNK * levels)
+
+
+# priority -1: never a default; the entry point takes it while exporting (and it is a named backend, 'export' or
+# VSSM_SCAN_BACKEND=export, so eager runs and tests can call it)
+register_backend(ScanBackend(
+    name='export', forward=plan_scan_export, differentiable=plan_scan_export, priority=-1, cost=export_cost,
+    capabilities=Capabilities(devices=frozenset({'cpu', 'cuda', 'meta'}), dtypes=ALL_FLOAT_DTYPES,
+                              low_rank_delta=True, exportable=True)))

@@ -16,12 +16,12 @@ import weakref
 from collections import OrderedDict
 from contextlib import nullcontext
 from functools import lru_cache
-from typing import Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = [
-    'DirectionPlan', 'build_index', 'cross_scan', 'cross_scan_rows', 'cross_merge',
+    'describe_index', 'DirectionPlan', 'build_index', 'cross_scan', 'cross_scan_rows', 'cross_merge',
     'VMAMBA_PLAN', 'VIM_PLAN', 'EFFICIENT_VMAMBA_PLAN', 'GROUPED_PLAN', 'MERGE_MODES', 'validate_index',
     'with_middle_token',
 ]
@@ -78,8 +78,34 @@ def with_middle_token(index: torch.Tensor, num_positions: int) -> torch.Tensor:
     return torch.cat([shifted[:, :mid], token, shifted[:, mid:]], dim=1)
 
 
+def describe_index(index: torch.Tensor) -> Optional[Tuple[Tuple[str, ...], int, int, bool]]:
+    """(directions, H, W, middle_token) of an index map made by build_index (still cached), else None: names a
+    recorded call's plan (vssm.ops.scan.record_scan_shapes)."""
+    key = id(index)
+    return _DESCRIBED[key] if _DESCRIBED_MAPS.get(key) is index else None
+
+
+# id of a CPU index map made here -> its arguments; the weak map tells a live map from a new tensor at a reused id
+_DESCRIBED: Dict[int, Tuple[Tuple[str, ...], int, int, bool]] = {}
+_DESCRIBED_MAPS: 'weakref.WeakValueDictionary[int, torch.Tensor]' = weakref.WeakValueDictionary()
+
+
 @lru_cache(maxsize=256)
 def _index_cpu(directions: Tuple[str, ...], H: int, W: int, middle_token: bool = False) -> torch.Tensor:
+    index = _make_index(directions, H, W, middle_token)
+    _describe(index, (directions, H, W, middle_token))
+    return index
+
+
+def _describe(index: torch.Tensor, args) -> None:
+    if torch.compiler.is_compiling():  # a tools-only record: nothing for dynamo to trace (weakrefs break graphs)
+        return
+    for dead in [k for k in _DESCRIBED if k not in _DESCRIBED_MAPS]:
+        del _DESCRIBED[dead]
+    _DESCRIBED[id(index)], _DESCRIBED_MAPS[id(index)] = args, index
+
+
+def _make_index(directions: Tuple[str, ...], H: int, W: int, middle_token: bool = False) -> torch.Tensor:
     # a constant of the plan, never a traced value: torch.export's fake / proxy modes would otherwise turn it
     # into a fake tensor, which the cache would then hand to eager calls
     with _real_tensors():
@@ -122,7 +148,9 @@ def build_index(directions: Sequence[str], H: int, W: int, device=None, middle_t
     if device.type == 'cpu':
         return cpu
     if device.type == 'meta':
-        return cpu.to(device)
+        meta = cpu.to(device)
+        _describe(meta, (tuple(directions), int(H), int(W), bool(middle_token)))
+        return meta
     key = (tuple(directions), int(H), int(W), bool(middle_token), str(device))
     index = _DEVICE_CACHE.get(key)
     if index is None:

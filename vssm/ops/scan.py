@@ -21,29 +21,36 @@ Shapes (Bt batch, K directions, Dm channels, N state, L = H*W map positions, Lk 
 Outputs are laid out channel-last: a (Bt, Dm, L) result has (Bt, L, Dm) memory, the layout the LayerNorm
 after the scan reads without a copy.
 
-Backends: 'reference' (the oracle), 'fast' (chunked PyTorch, CPU default), 'triton' (fused GPU
-kernel) and 'cuda' (native extension) when present. ``VSSM_SCAN_BACKEND`` forces one. While
-``torch.export`` traces, the call takes 'export' (export_scan.py: standard ops, fixed loop lengths).
-The call goes through the ``vssm::plan_scan`` custom op so torch.compile and jit tracing (FLOP
-counting) see one op.
+Backends register through the public protocol of vssm/ops/backend.py (``ScanBackend``, ``Capabilities``,
+``register_backend``): 'reference' (the oracle), 'fast' (chunked PyTorch), 'cpu' (fused C++, the CPU default),
+'triton' (fused GPU kernel, the CUDA default), 'cuda' (native extension, when built) and 'export' (standard
+ops, taken while ``torch.export`` traces). Dispatch picks by capability; ``VSSM_SCAN_BACKEND`` or ``backend=``
+force one. The call goes through the ``vssm::plan_scan`` custom op (backward: ``vssm::plan_scan_bwd``) so
+torch.compile and jit tracing (FLOP counting) see one op. docs/scan_engine.md is the engine's page.
 """
-import os
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+import contextlib
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .cost import ScanShape, pytorch_path_cost, scan_shape
+from .backend import (
+    ALL_FLOAT_DTYPES, BACKEND_ENV, Capabilities, ScanBackend, ScanRequest, get_backend, recompute_grads,
+    register_backend, register_lazy_backend, resolve_backend,
+)
 from .plans import cross_merge, cross_scan, validate_index, MERGE_MODES
-from .selective_scan import _cast, selective_scan_fast, selective_scan_ref, compute_dtype
+from .selective_scan import cast_to, selective_scan_fast, selective_scan_ref, compute_dtype
 
 __all__ = [
-    'plan_selective_scan', 'plan_scan_reference', 'plan_scan_fast', 'register_backend',
-    'available_backends', 'resolve_backend', 'expand_delta', 'ScanInputError', 'BACKEND_ENV', 'CPU_KERNEL_ENV',
+    'plan_selective_scan', 'plan_scan_reference', 'plan_scan_fast', 'scan_over_plan', 'empty_output', 'expand_delta',
+    'low_rank_grads', 'scan_request', 'record_scan_shapes', 'ScanInputError', 'BACKEND_ENV', 'CPU_KERNEL_ENV', 'MODE', 'INPUT_NAMES',
 ]
 
-BACKEND_ENV = 'VSSM_SCAN_BACKEND'
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MODE = 'selective'
+# the op's tensor inputs, in order; backward returns one gradient per present input
+INPUT_NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias', 'delta_weight')
+_FLOAT_DTYPES = tuple(ALL_FLOAT_DTYPES)
 
 
 def expand_delta(delta: torch.Tensor, delta_weight: Optional[torch.Tensor]) -> torch.Tensor:
@@ -51,11 +58,14 @@ def expand_delta(delta: torch.Tensor, delta_weight: Optional[torch.Tensor]) -> t
     if delta_weight is None:
         return delta
     ct = torch.promote_types(delta.dtype, delta_weight.dtype)
-    return torch.einsum('kdr,bkrl->bkdl', _cast(delta_weight, ct), _cast(delta, ct))
+    return torch.einsum('kdr,bkrl->bkdl', cast_to(delta_weight, ct), cast_to(delta, ct))
 
 
-def _plan_scan_with(seq_scan, u, delta, A, B, C, D, z, delta_bias, index, length, merge, delta_softplus,
-                    delta_weight=None, merge_fn=cross_merge):
+def scan_over_plan(seq_scan, u, delta, A, B, C, D, z, delta_bias, index, length, merge, delta_softplus,
+                   delta_weight=None, merge_fn=cross_merge):
+    """The op from a sequence scan: cross-scan copy, ``seq_scan`` over (Bt, K*Dm, Lk) sequences, merge, gate.
+
+    ``seq_scan`` has ``selective_scan_ref``'s signature; ``merge_fn`` has ``plans.cross_merge``'s."""
     K = index.shape[0]
     if merge == 'group':  # direction k reads its own channel group: a per-direction (Bt, K, Dm, L) map
         us = cross_scan(u.view(u.shape[0], K, -1, length), index)
@@ -64,34 +74,35 @@ def _plan_scan_with(seq_scan, u, delta, A, B, C, D, z, delta_bias, index, length
     Bt, K, Dm, Lk = us.shape
     ct = compute_dtype(u, delta, A, B, C, D, delta_bias, z, delta_weight)
     delta = expand_delta(delta, delta_weight)
-    y = seq_scan(_cast(us, ct).reshape(Bt, K * Dm, Lk), delta.reshape(Bt, K * Dm, Lk), A, B, C, D,
+    y = seq_scan(cast_to(us, ct).reshape(Bt, K * Dm, Lk), delta.reshape(Bt, K * Dm, Lk), A, B, C, D,
                  None, delta_bias, delta_softplus)
     out = merge_fn(y.view(Bt, K, Dm, Lk), index, length, merge)
     if z is not None:
-        gate = F.silu(_cast(z, ct))
+        gate = F.silu(cast_to(z, ct))
         out = out * (gate[:, None] if merge == 'none' else gate)
-    return _cast(out, u.dtype)
+    return cast_to(out, u.dtype)
 
 
 def plan_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
                         delta_softplus=True, delta_weight=None):
     """Oracle: cross-scan copy + step-by-step scan + merge; any dtype and device (meta included)."""
     if u.device.type == 'meta':
-        return _empty_output(u, index, length, merge)
-    return _plan_scan_with(selective_scan_ref, u, delta, A, B, C, D, z, delta_bias, index, length, merge,
-                           delta_softplus, delta_weight)
+        return empty_output(u, index, length, merge)
+    return scan_over_plan(selective_scan_ref, u, delta, A, B, C, D, z, delta_bias, index, length, merge,
+                          delta_softplus, delta_weight)
 
 
 def plan_scan_fast(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
                    delta_softplus=True, delta_weight=None):
     """CPU path: cross-scan copy + chunked closed-form scan + merge; differentiable by autograd."""
     if u.device.type == 'meta':
-        return _empty_output(u, index, length, merge)
-    return _plan_scan_with(selective_scan_fast, u, delta, A, B, C, D, z, delta_bias, index, length, merge,
-                           delta_softplus, delta_weight)
+        return empty_output(u, index, length, merge)
+    return scan_over_plan(selective_scan_fast, u, delta, A, B, C, D, z, delta_bias, index, length, merge,
+                          delta_softplus, delta_weight)
 
 
-def _empty_output(u, index, length, merge):
+def empty_output(u, index, length, merge):
+    """An uninitialised output of the op's shape for these inputs (meta and fake implementations)."""
     Bt = u.shape[0]
     Dm = u.shape[1] if u.dim() == 3 else u.shape[2]  # with merge 'group': K*D, the grouped map's channels
     shape = (Bt, index.shape[0], Dm, length) if merge == 'none' else (Bt, Dm, length)
@@ -100,98 +111,51 @@ def _empty_output(u, index, length, merge):
 
 # ----------------------------------------------------------------------------------------------- backends
 
-@dataclass
-class Backend:
-    forward: Callable  # (u, delta, A, B, C, D, z, delta_bias, index=, length=, merge=, delta_softplus=[, delta_weight=])
-    backward: Optional[Callable] = None  # (grad_out, *inputs, ...) -> grads; None: recompute with autograd
-    differentiable: Optional[Callable] = None  # autograd-friendly forward used by the default backward
-    supports: Callable = lambda device: True
-    # takes delta_weight= (low-rank Δ computed in the kernel, factor gradients returned); otherwise the op
-    # expands Δ for it and reduces dΔ to the factors' gradients
-    low_rank: bool = False
-    # takes merge='group' (direction k reads and writes channel group k); otherwise dispatch picks another backend
-    grouped: bool = False
-
-
-_BACKENDS: Dict[str, Backend] = {}
-_LAZY_BACKENDS = {'cpu': 'vssm.ops.cpu_kernel', 'triton': 'vssm.ops.triton_scan', 'cuda': 'vssm.ops.cuda_ext',
-                  'export': 'vssm.ops.export_scan'}
 CPU_KERNEL_ENV = 'VSSM_CPU_KERNEL'  # 0: never build/use the fused C++ CPU scan
 
 
-def register_backend(name: str, backend: Backend) -> None:
-    _BACKENDS[name] = backend
+def reference_cost(s: ScanShape):
+    # one python step at a time: about 7 op calls per step, each over a (B, K*Dm, N) state slice
+    return pytorch_path_cost('reference', s, passes=6, chunk=1, launches_per_chunk=7)
 
 
-register_backend('reference', Backend(plan_scan_reference, differentiable=plan_scan_reference, low_rank=True,
-                                      grouped=True))
-register_backend('fast', Backend(plan_scan_fast, differentiable=plan_scan_fast, low_rank=True, grouped=True))
+def fast_cost(s: ScanShape):
+    # selective_scan_fast: chunks of up to 512 steps with ~8 elementwise/cumsum passes over (lanes, chunk) tensors
+    from .selective_scan import chunk_length
+    return pytorch_path_cost('fast', s, passes=8, chunk=chunk_length(s.lanes), launches_per_chunk=10)
 
 
-def _load_backend(name: str) -> Optional[Backend]:
-    if name not in _BACKENDS and name in _LAZY_BACKENDS:
-        import importlib
-        try:
-            importlib.import_module(_LAZY_BACKENDS[name])  # registers itself on import
-        except ImportError:
-            return None
-    return _BACKENDS.get(name)
+register_backend(ScanBackend(
+    name='reference', forward=plan_scan_reference, differentiable=plan_scan_reference, priority=0, cost=reference_cost,
+    capabilities=Capabilities(devices=frozenset({'cpu', 'cuda', 'meta'}), dtypes=ALL_FLOAT_DTYPES,
+                              low_rank_delta=True)))
+register_backend(ScanBackend(
+    name='fast', forward=plan_scan_fast, differentiable=plan_scan_fast, priority=10, cost=fast_cost,
+    capabilities=Capabilities(devices=frozenset({'cpu', 'cuda', 'meta'}), dtypes=ALL_FLOAT_DTYPES,
+                              low_rank_delta=True)))
+# built-ins with heavy imports (a C++ build, Triton, a native extension): each module registers itself
+for _name, _module in (('cpu', 'vssm.ops.cpu_kernel'), ('triton', 'vssm.ops.triton_scan'),
+                       ('cuda', 'vssm.ops.cuda_ext'), ('export', 'vssm.ops.export_scan')):
+    register_lazy_backend(_name, _module, MODE)
 
 
-def available_backends(device='cpu') -> List[str]:
-    device = torch.device(device)
-    names = []
-    for name in ('reference', 'fast', 'export', 'cpu', 'triton', 'cuda'):
-        b = _BACKENDS.get(name) if name in ('triton', 'cuda') and device.type != 'cuda' else _load_backend(name)
-        if b is not None and b.supports(device):
-            names.append(name)
-    return names
-
-
-def resolve_backend(device: torch.device, backend: Optional[str] = None, merge: Optional[str] = None) -> str:
-    """Explicit argument > VSSM_SCAN_BACKEND > triton on CUDA (when importable) > fused C++ on CPU > fast.
-
-    A grouped plan (merge 'group') skips defaults that cannot run it; asking for such a backend by name fails.
-    """
-    name = backend or os.environ.get(BACKEND_ENV) or None
-    grouped = merge == 'group'
-    if name:
-        b = _load_backend(name)
-        if b is None:
-            raise ValueError(f'scan backend {name!r} is not available here; expected one of '
-                             f'{available_backends(device)} (set by argument or {BACKEND_ENV})')
-        if not b.supports(device):
-            raise ValueError(f'scan backend {name!r} cannot run on {device.type} tensors; '
-                             f'available there: {available_backends(device)}')
-        if grouped and not b.grouped:
-            raise ValueError(f"scan backend {name!r} cannot run a grouped plan (merge='group'); backends that can: "
-                             f"{[n for n in available_backends(device) if _BACKENDS[n].grouped]}")
-        return name
-    if device.type == 'cuda':
-        b = _load_backend('triton')
-        if b is not None and b.supports(device) and (b.grouped or not grouped):
-            return 'triton'
-        if grouped:
-            return 'reference'
-    if device.type == 'cpu' and os.environ.get(CPU_KERNEL_ENV, '1') != '0':
-        b = _load_backend('cpu')
-        if b is not None and b.supports(device) and (b.grouped or not grouped):
-            return 'cpu'
-    return 'fast'
+def scan_request(u, merge: str, *tensors) -> ScanRequest:
+    """The capabilities a call needs: u's device, the widest dtype among the inputs, the merge and the plan kind."""
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (u, *tensors)) else u.dtype
+    kind = 'map' if u.dim() == 3 else 'sequences'
+    return ScanRequest(mode=MODE, device=u.device.type, dtype=dtype, merge=merge, plan_kind=kind)
 
 
 # ------------------------------------------------------------------------------------------- custom op
 
-def _call_forward(b: Backend, u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge,
+def _call_forward(b: ScanBackend, u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge,
                   delta_softplus):
+    opts = dict(index=index, length=length, merge=merge, delta_softplus=delta_softplus)
     if delta_weight is None:
-        return b.forward(u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
-                         delta_softplus=delta_softplus)
-    if b.low_rank:
-        return b.forward(u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
-                         delta_softplus=delta_softplus, delta_weight=delta_weight)
-    return b.forward(u, expand_delta(delta, delta_weight), A, B, C, D, z, delta_bias, index=index, length=length,
-                     merge=merge, delta_softplus=delta_softplus)
+        return b.forward(u, delta, A, B, C, D, z, delta_bias, **opts)
+    if b.capabilities.low_rank_delta:
+        return b.forward(u, delta, A, B, C, D, z, delta_bias, delta_weight=delta_weight, **opts)
+    return b.forward(u, expand_delta(delta, delta_weight), A, B, C, D, z, delta_bias, **opts)
 
 
 @torch.library.custom_op('vssm::plan_scan', mutates_args=())
@@ -199,8 +163,8 @@ def _plan_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
                   D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
                   delta_weight: Optional[torch.Tensor], index: torch.Tensor, length: int, merge: str,
                   delta_softplus: bool, backend: str) -> torch.Tensor:
-    return _channel_last(_call_forward(_BACKENDS[backend], u, delta, A, B, C, D, z, delta_bias, delta_weight, index,
-                                       length, merge, delta_softplus))
+    return _channel_last(_call_forward(get_backend(backend, MODE), u, delta, A, B, C, D, z, delta_bias, delta_weight,
+                                       index, length, merge, delta_softplus))
 
 
 def _channel_last(t: torch.Tensor) -> torch.Tensor:
@@ -211,14 +175,11 @@ def _channel_last(t: torch.Tensor) -> torch.Tensor:
 
 @_plan_scan_op.register_fake
 def _plan_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge, delta_softplus, backend):
-    return _channel_last(_empty_output(u, index, length, merge))
+    return _channel_last(empty_output(u, index, length, merge))
 
 
-_GRAD_INPUTS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias', 'delta_weight')
-
-
-def _low_rank_grads(grads, delta, delta_weight):
-    """dΔ from a full-Δ backward -> gradients of the factors (delta, delta_weight)."""
+def low_rank_grads(grads, delta, delta_weight):
+    """dΔ from a full-Δ backward -> gradients of the factors (delta, delta_weight): the 9 gradients."""
     g_full = grads[1]
     ct = torch.promote_types(g_full.dtype, torch.float32)
     g_full = g_full.to(ct)
@@ -232,16 +193,17 @@ def _plan_scan_bwd_op(grad_out: torch.Tensor, u: torch.Tensor, delta: torch.Tens
                       B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                       delta_bias: Optional[torch.Tensor], delta_weight: Optional[torch.Tensor], index: torch.Tensor,
                       length: int, merge: str, delta_softplus: bool, backend: str) -> List[torch.Tensor]:
-    b = _BACKENDS[backend]
+    """Gradients of every input: the backend's backward, or autograd through its differentiable forward."""
+    b = get_backend(backend, MODE)
     opts = dict(index=index, length=length, merge=merge, delta_softplus=delta_softplus)
-    if b.backward is None:  # autograd through the backend's differentiable forward (it handles the low-rank form)
-        inputs = (u, delta, A, B, C, D, z, delta_bias, delta_weight)
-        grads = _recompute_backward(b.differentiable or plan_scan_fast, grad_out, inputs, **opts)
-    elif delta_weight is not None and b.low_rank:
+    if b.backward is None:
+        grads = recompute_grads(_positional(b.differentiable or plan_scan_reference), grad_out,
+                                (u, delta, A, B, C, D, z, delta_bias, delta_weight), **opts)
+    elif delta_weight is not None and b.capabilities.low_rank_delta:
         grads = b.backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_weight=delta_weight, **opts)
     elif delta_weight is not None:
         grads = b.backward(grad_out, u, expand_delta(delta, delta_weight), A, B, C, D, z, delta_bias, **opts)
-        grads = _low_rank_grads(grads, delta, delta_weight)
+        grads = low_rank_grads(grads, delta, delta_weight)
     else:
         grads = [*b.backward(grad_out, u, delta, A, B, C, D, z, delta_bias, **opts), None]
     present = (u, delta, A, B, C, D, z, delta_bias, delta_weight)
@@ -264,41 +226,6 @@ def _plan_scan_bwd_fake(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_wei
             for t in (u, delta, A, B, C, D, z, delta_bias, delta_weight)]
 
 
-def _below_autograd_keys():
-    with torch._C._AutoDispatchBelowAutograd():
-        return torch._C._dispatch_tls_local_exclude_set()
-
-
-_AUTOGRAD_KEYS = _below_autograd_keys() - torch._C._dispatch_tls_local_exclude_set()
-
-
-def _autograd_enabled():
-    # custom-op kernels run with the autograd dispatch keys excluded; the recompute needs them back
-    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(),
-                                           torch._C._dispatch_tls_local_exclude_set() - _AUTOGRAD_KEYS)
-
-
-def _recompute_backward(fn, grad_out, inputs, index, length, merge, delta_softplus):
-    """Gradients of every input (None where absent) by autograd through ``fn`` (a differentiable forward).
-
-    ``inputs`` is (u, delta, A, B, C, D, z, delta_bias) or those plus delta_weight (low-rank Δ)."""
-    with _autograd_enabled(), torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) if t is not None else None for t in inputs]
-        extra = {'delta_weight': leaves[8]} if len(leaves) > 8 and leaves[8] is not None else {}
-        out = fn(*leaves[:8], index=index, length=length, merge=merge, delta_softplus=delta_softplus, **extra)
-        wanted = [t for t in leaves if t is not None]
-        grads = torch.autograd.grad(out, wanted, grad_out, allow_unused=True)
-    it = iter(grads)
-    result = []
-    for t in leaves:
-        if t is None:
-            result.append(None)
-        else:
-            g = next(it)
-            result.append(torch.zeros_like(t) if g is None else g)
-    return result
-
-
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge, delta_softplus, backend = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, delta_weight, index)
@@ -308,12 +235,19 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     u, delta, A, B, C, D, z, delta_bias, delta_weight, index = ctx.saved_tensors
     length, merge, delta_softplus, backend = ctx.options
-    # grad_out goes with its own strides: each backend reads the layout it is given
-    grads = _plan_scan_bwd_op(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge,
-                              delta_softplus, backend)
     present = (u, delta, A, B, C, D, z, delta_bias, delta_weight)
+    # grad_out goes with its own strides: each backend reads the layout it is given
+    grads = _plan_scan_bwd_op(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length,
+                              merge, delta_softplus, backend)
     grads = [g if t is not None else None for g, t in zip(grads, present)]
     return (*grads, None, None, None, None, None)
+
+
+def _positional(fn):
+    """``fn`` with delta_weight as the ninth positional input (the order recompute_grads differentiates)."""
+    def call(u, delta, A, B, C, D, z, delta_bias, delta_weight, **opts):
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_weight=delta_weight, **opts)
+    return call
 
 
 _plan_scan_op.register_autograd(_backward, setup_context=_setup_context)
@@ -388,6 +322,21 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, leng
     validate_index(index, length)
 
 
+_RECORDERS: List[list] = []
+
+
+@contextlib.contextmanager
+def record_scan_shapes():
+    """Collects the ScanShape (vssm/ops/cost.py) of every plan_selective_scan call made inside the block, with
+    the call's index map: the layer shapes of a real model, for benchmarks and cost tables."""
+    calls: list = []
+    _RECORDERS.append(calls)
+    try:
+        yield calls
+    finally:
+        _RECORDERS.remove(calls)
+
+
 def plan_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length: int,
                         merge: str = 'sum', delta_softplus: bool = True, backend: Optional[str] = None,
                         delta_weight: Optional[torch.Tensor] = None):
@@ -398,12 +347,14 @@ def plan_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, i
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge)
     index = index.to(u.device)
+    for calls in _RECORDERS:
+        calls.append(scan_shape(u, delta, A, index, length, merge, z=z, D=D, delta_weight=delta_weight))
     if torch.compiler.is_exporting():  # torch.export / ONNX / AOTInductor: standard ops, no custom op in the graph
-        return _load_backend('export').forward(u, delta, A, B, C, D, z, delta_bias, index=index, length=length,
+        return get_backend('export', MODE).forward(u, delta, A, B, C, D, z, delta_bias, index=index, length=length,
                                                merge=merge, delta_softplus=delta_softplus, delta_weight=delta_weight)
-    name = resolve_backend(u.device, backend, merge)
+    chosen = resolve_backend(scan_request(u, merge, delta, A, B, C, D, z, delta_bias, delta_weight), backend)
     return _plan_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge, delta_softplus,
-                         name)
+                         chosen.name)
 
 
 try:  # timm's FX tracer treats the entry point as a leaf

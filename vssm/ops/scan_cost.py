@@ -1,4 +1,4 @@
-"""Cost model of the fused Triton plan scan, computed on the host for any shape (no GPU, no Triton).
+"""Cost model of the fused Triton plan scan (mapped onto the engine's record by ``triton_cost``), computed on the host for any shape (no GPU, no Triton).
 
 For one call it reports what the launch plan (``_triton_schedule.plan_launch``) makes the kernels do:
 
@@ -24,11 +24,11 @@ from ._triton_schedule import (ACC_SCRATCH, MAX_GRID_X, MODE_ADD, MODE_DIRECT, M
                                LaunchPlan, ScanConfig, ScanProblem, build_plan_groups,
                                input_bytes, plan_launch, workspace)
 
-__all__ = ['ScanCost', 'scan_cost', 'layer_cost', 'COST_COLUMNS', 'format_cost_table']
+__all__ = ['TritonCost', 'scan_cost', 'layer_cost', 'triton_cost', 'COST_COLUMNS', 'format_cost_table']
 
 
 @dataclass(frozen=True)
-class ScanCost:
+class TritonCost:
     plan: LaunchPlan
     input_bytes: int
     output_bytes: int
@@ -70,7 +70,7 @@ def _map_traffic(mode: int, acc: int, visits: int, elem: int) -> int:
     return visits * (4 + elem)  # FINAL: read the running sum, write the finished element
 
 
-def scan_cost(plan: LaunchPlan) -> ScanCost:
+def scan_cost(plan: LaunchPlan) -> TritonCost:
     """The cost model of one planned call (see the module doc)."""
     p, g = plan.problem, plan.groups
     Bt, K, Lk, L, Dm, N, R = p.batch, g.K, g.Lk, g.length, p.channels, p.d_state, p.rank
@@ -146,7 +146,7 @@ def scan_cost(plan: LaunchPlan) -> ScanCost:
     for ps in plan.fwd_passes + plan.bwd_passes:
         programs[ps.kernel] = min(programs.get(ps.kernel, ps.programs), ps.programs)
     fwd_ws, bwd_ws = workspace(plan)
-    return ScanCost(
+    return TritonCost(
         plan=plan, input_bytes=inputs, output_bytes=outputs,
         fwd_bytes=Bt * fwd + fwd_fixed, bwd_bytes=Bt * bwd + bwd_fixed,
         fwd_min_bytes=inputs + outputs, bwd_min_bytes=2 * inputs + outputs,  # inputs + grad_out read, grads written
@@ -165,7 +165,7 @@ _DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
 def layer_cost(directions: Sequence[str], H: int, W: int, batch: int, channels: int, d_state: int, rank: int,
                merge: str = 'sum', seq_u: bool = False, has_z: bool = False, dtype=torch.bfloat16,
-               cfg: Optional[ScanConfig] = None, n_sm: int = 132, programs_per_sm: int = 2) -> ScanCost:
+               cfg: Optional[ScanConfig] = None, n_sm: int = 132, programs_per_sm: int = 2) -> TritonCost:
     """The cost of one scan layer on a GPU with ``n_sm`` SMs (default: an H100's 132), computed here.
 
     dtype is that of the per-step inputs, the output and their gradients; parameters are float32.
@@ -200,10 +200,31 @@ COST_COLUMNS = (
 
 
 def format_cost_table(rows, extra=()) -> str:
-    """A markdown table: ``rows`` are (label, ScanCost[, extra values...]); ``extra`` names the extra columns."""
+    """A markdown table: ``rows`` are (label, TritonCost[, extra values...]); ``extra`` names the extra columns."""
     head = ['layer', *extra, *(h for h, _, _ in COST_COLUMNS)]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for label, cost, *more in rows:
         cells = [label, *map(str, more)] + [fmt.format(get(cost)) for _, fmt, get in COST_COLUMNS]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
+
+
+def triton_cost(s, n_sm: int = 132, programs_per_sm: int = 2):
+    """The Triton backend's (forward, backward) cost in the engine's record (vssm/ops/cost.py), on a GPU with
+    ``n_sm`` SMs (default an H100's 132); computed on the host, no GPU needed."""
+    from .cost import ScanCost, op_flops
+    e = s.elem
+    problem = ScanProblem(batch=s.batch, channels=s.channels, d_state=s.d_state, rank=s.rank, merge=s.merge,
+                          seq_u=s.seq_u, has_z=s.has_z, has_D=s.has_D, u_bytes=e, delta_bytes=e, bc_bytes=e,
+                          z_bytes=e, grad_bytes=e)
+    c = scan_cost(plan_launch(build_plan_groups(s.index(), s.length), problem, ScanConfig(),
+                              programs_per_sm * n_sm))
+    common = dict(steps_per_chunk=c.steps_per_chunk, lanes=c.step_lanes * c.channel_lanes, max_grid=c.max_grid)
+    fwd = ScanCost('triton', 'forward', bytes_moved=c.fwd_bytes, min_bytes=c.fwd_min_bytes,
+                   flops=op_flops(s, 'forward'), workspace_bytes=sum(c.fwd_workspace.values()),
+                   programs=c.programs['forward'], launches=c.fwd_launches, details=dict(passes=c.fwd_passes, **common))
+    bwd = ScanCost('triton', 'backward', bytes_moved=c.bwd_bytes, min_bytes=c.bwd_min_bytes,
+                   flops=op_flops(s, 'backward'), workspace_bytes=sum(c.bwd_workspace.values()),
+                   programs=min(c.programs['sequence_grad'], c.programs['param_grad']), launches=c.bwd_launches,
+                   details=dict(passes=c.bwd_passes, **common))
+    return fwd, bwd

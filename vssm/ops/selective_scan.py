@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ['selective_scan_ref', 'selective_scan_fast', 'compute_dtype']
+__all__ = ['selective_scan_ref', 'selective_scan_fast', 'compute_dtype', 'cast_to', 'prepare_inputs', 'finish_output',
+           'chunk_length']
 
 # exp(-cumsum(delta * A)) must stay finite inside a chunk: float32 overflows near exp(88)
 _RANGE_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
@@ -23,16 +24,19 @@ def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def cast_to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # skips the no-op cast that torch.export would otherwise record as a node (two with its metadata check)
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
+def prepare_inputs(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    """Shared by the sequence scans: cast to the compute dtype, apply bias/softplus, split channels into groups.
+
+    Returns u, Δ (B, G, Dg, L), A (G, Dg, N), B and C (B, G, 1, L, N), and the compute dtype."""
     ct = compute_dtype(u, delta, A, B, C, D, delta_bias)
-    u, delta, A = _cast(u, ct), _cast(delta, ct), _cast(A, ct)
+    u, delta, A = cast_to(u, ct), cast_to(delta, ct), cast_to(A, ct)
     if delta_bias is not None:
-        delta = delta + _cast(delta_bias, ct)[:, None]
+        delta = delta + cast_to(delta_bias, ct)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     Bt, channels, L = u.shape
@@ -42,8 +46,8 @@ def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
         C = C[:, None]
     groups = B.shape[1]
     # (B, G, N, L) -> (B, G, 1, L, N): one group per block of channels, broadcast over them
-    B = _cast(B, ct).transpose(-1, -2)[:, :, None]
-    C = _cast(C, ct).transpose(-1, -2)[:, :, None]
+    B = cast_to(B, ct).transpose(-1, -2)[:, :, None]
+    C = cast_to(C, ct).transpose(-1, -2)[:, :, None]
     per_group = channels // groups
     u = u.view(Bt, groups, per_group, L)
     delta = delta.view(Bt, groups, per_group, L)
@@ -51,14 +55,14 @@ def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
     return u, delta, A, B, C, ct
 
 
-def _finish(y, u, D, z, dtype, shape):
-    # y, u: (B, G, Dg, L) in the compute dtype
+def finish_output(y, u, D, z, dtype, shape):
+    """y + D·u, back to ``shape``, gated by silu(z), in ``dtype``; y, u: (B, G, Dg, L) in the compute dtype."""
     if D is not None:
-        y = y + u * _cast(D, y.dtype).view(1, *u.shape[1:3], 1)
+        y = y + u * cast_to(D, y.dtype).view(1, *u.shape[1:3], 1)
     y = y.reshape(shape)
     if z is not None:
-        y = y * F.silu(_cast(z, y.dtype))
-    return _cast(y, dtype)
+        y = y * F.silu(cast_to(z, y.dtype))
+    return cast_to(y, dtype)
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -66,7 +70,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if u.device.type == 'meta':
         return torch.empty_like(u)
     shape, dtype = u.shape, u.dtype
-    us, delta, A, B, C, _ = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    us, delta, A, B, C, _ = prepare_inputs(u, delta, A, B, C, D, delta_bias, delta_softplus)
     h = us.new_zeros(*us.shape[:3], A.shape[-1])
     ys = []
     for t in range(us.shape[-1]):
@@ -74,7 +78,12 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         h = dA * h + (delta[..., t] * us[..., t])[..., None] * B[..., t, :]
         ys.append((h * C[..., t, :]).sum(-1))
     y = torch.stack(ys, dim=-1)
-    return _finish(y, us, D, z, dtype, shape)
+    return finish_output(y, us, D, z, dtype, shape)
+
+
+def chunk_length(lanes: int) -> int:
+    """Steps per chunk for ``lanes`` (batch, channel, state) recurrences: bounds one chunk's state tensor."""
+    return max(8, min(512, _CHUNK_ELEMENTS // max(1, lanes)))
 
 
 def _chunk_bounds(delta, A, L, max_chunk):
@@ -119,11 +128,11 @@ def selective_scan_fast(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     if u.device.type == 'meta':
         return torch.empty_like(u)
     shape, dtype = u.shape, u.dtype
-    us, delta, A, B, C, _ = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    us, delta, A, B, C, _ = prepare_inputs(u, delta, A, B, C, D, delta_bias, delta_softplus)
     Bt, G, Dg, L = us.shape
     N = A.shape[-1]
     if chunk_size is None:
-        chunk_size = max(8, min(512, _CHUNK_ELEMENTS // max(1, Bt * G * Dg * N)))
+        chunk_size = chunk_length(Bt * G * Dg * N)
     B = B.transpose(-1, -2)  # back to (B, G, 1, N, L): time last
     C = C.transpose(-1, -2)
     x = delta * us
@@ -135,4 +144,4 @@ def selective_scan_fast(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
         y, h = _scan_chunk(h, delta[..., s:e], x[..., s:e], A, B[..., s:e], C[..., s:e])
         ys.append(y)
     y = torch.cat(ys, dim=-1) if len(ys) > 1 else ys[0]
-    return _finish(y, us, D, z, dtype, shape)
+    return finish_output(y, us, D, z, dtype, shape)

@@ -36,7 +36,7 @@ import triton
 
 from . import _triton_kernels as kernels
 from ._triton_schedule import ACC_SCRATCH, ACC_SPLIT, ScanConfig, ScanProblem, plan_groups, plan_launch
-from .scan import Backend, _recompute_backward, plan_scan_reference, register_backend
+from .backend import REDUCED_FLOAT_DTYPES, Capabilities, ScanBackend, register_backend
 
 __all__ = ['TritonScanConfig', 'config', 'get_config', 'triton_plan_scan', 'triton_plan_scan_backward',
            'supports_device', 'last_workspace_bytes', 'last_plan']
@@ -184,10 +184,6 @@ def _accumulator(c: _Call, kind: int, target: torch.Tensor):
     return target, target  # unused (ACC_NONE) or the float32 target itself (ACC_INPLACE)
 
 
-def _any_float64(*tensors):
-    return any(t is not None and t.dtype == torch.float64 for t in tensors)
-
-
 def _chunk_states(c: _Call, u, delta, A, B, n_links: int, steps: int):
     """Local end states and sums of Δ of every link (steps per link), then chained in place: end states."""
     dev = u.device
@@ -218,9 +214,6 @@ def _gate(z: Optional[torch.Tensor], ct=torch.float32):
 def triton_plan_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, index, length, merge='sum',
                      delta_softplus=True, delta_weight=None):
     """Forward of the fused plan scan; same contract as plan_scan_reference."""
-    if _any_float64(u, delta, A, B, C, D, z, delta_bias, delta_weight):
-        return plan_scan_reference(u, delta, A, B, C, D, z, delta_bias, index=index, length=length, merge=merge,
-                                   delta_softplus=delta_softplus, delta_weight=delta_weight)
     c = _Call(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge, delta_softplus)
     p = c.plan
     out = _new_output(u, c.K, c.Dm, length, merge)
@@ -248,9 +241,6 @@ def triton_plan_scan_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta
                               merge='sum', delta_softplus=True, delta_weight=None):
     """Gradients (u, delta, A, B, C, D, z, delta_bias[, delta_weight]), None for absent inputs; each in its
     input's dtype and the strides torch.empty_like(input) has."""
-    inputs = (u, delta, A, B, C, D, z, delta_bias) + ((delta_weight,) if delta_weight is not None else ())
-    if _any_float64(grad_out, *inputs):
-        return _recompute_backward(plan_scan_reference, grad_out, inputs, index, length, merge, delta_softplus)
     c = _Call(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge, delta_softplus, grad_out)
     p = c.plan
     dev, f32 = u.device, torch.float32
@@ -329,5 +319,13 @@ def triton_plan_scan_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta
     return grads
 
 
-register_backend('triton', Backend(forward=triton_plan_scan, backward=triton_plan_scan_backward,
-                                   supports=supports_device, low_rank=True, grouped=True))
+# float64 goes to the PyTorch paths; CPU tensors only under the interpreter (tests), never by default there
+def _cost(s):
+    from .scan_cost import triton_cost
+    return triton_cost(s)
+
+
+register_backend(ScanBackend(
+    name='triton', cost=_cost, forward=triton_plan_scan, backward=triton_plan_scan_backward, available=supports_device,
+    priority=30, default_devices=frozenset({'cuda'}),
+    capabilities=Capabilities(devices=frozenset({'cuda', 'cpu'}), dtypes=REDUCED_FLOAT_DTYPES, low_rank_delta=True)))
