@@ -207,7 +207,7 @@ def test_bad_options_are_clear_errors():
         plan_ssd_scan(*args, index=idx, length=L, merge='max')
     with pytest.raises(ValueError, match='index must hold map positions'):
         plan_ssd_scan(*args, index=idx + 1, length=L)
-    with pytest.raises(ValueError, match="SSD backend 'nope' is not registered"):
+    with pytest.raises(ValueError, match="scan backend 'nope' \(argument\) is not available for mode 'ssd'"):
         plan_ssd_scan(*args, index=idx, length=L, backend='nope')
 
 

@@ -81,7 +81,7 @@ def test_gradients_and_bfloat16():
 @interpreted
 def test_unsupported_merge_is_a_clear_error():
     t, idx, L = make_inputs(('h', 'v'), 1, 1, 16, 16, 4, 4)
-    with pytest.raises(ValueError, match="SSD backend 'triton' cannot merge 'none'"):
+    with pytest.raises(ValueError, match="scan backend 'triton' cannot run this call: it lacks merge 'none'"):
         plan_ssd_scan(*[t[n] for n in NAMES], index=idx, length=L, merge='none', backend='triton')
 
 

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vssm.ops import VMAMBA_PLAN, plan_ssd_reference, plan_ssd_scan  # noqa: E402
-from vssm.ops.ssd import ssd_backends  # noqa: E402
+from vssm.ops import available_backends  # noqa: E402
 from vssm.ops.ssd_cost import ssd_cost  # noqa: E402
 
 # vmamba_tiny_m2 at 224x224: (map side, channels); heads = channels / 16, 64 states
@@ -103,12 +103,13 @@ def bench(stage: int, side: int, channels: int, impl: str, args) -> Dict:
     def step():
         run_impl(impl, bwd_t, idx, L, args.chunk).backward(grad)
 
-    cost = ssd_cost(args.batch, 4, channels // 16, 16, L, args.d_state, args.chunk, dtype=dtype)
+    cost, _ = ssd_cost(args.batch, 4, channels // 16, 16, L, args.d_state, args.chunk, dtype=dtype,
+                       backend='fast' if impl == 'reference' else impl)
     return dict(stage=stage, side=side, channels=channels, impl=impl,
                 fwd_ms=time_ms(forward, args.device, args.warmup, args.iters),
                 fwd_bwd_ms=time_ms(step, args.device, args.warmup, args.iters),
-                gflop=cost.fwd_flops / 1e9, fwd_mb=cost.fwd_bytes / 2 ** 20,
-                workspace_mb=cost.fwd_workspace / 2 ** 20)
+                gflop=cost.flops / 1e9, fwd_mb=cost.bytes_moved / 2 ** 20,
+                workspace_mb=cost.workspace_bytes / 2 ** 20)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -134,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     shapes = SMOKE if args.smoke else VMAMBA_T_M2
     if args.smoke:
         args.batch, args.warmup, args.iters, args.d_state, args.chunk = 2, 0, 1, 8, 8
-    here = ssd_backends(args.device)
+    here = available_backends(args.device, mode='ssd')
     impls = [n for n in (args.impls or ['reference'] + [n for n in here if n != 'reference'])
              if n == 'reference' or n in here]  # a backend not registered here (triton without a GPU) is skipped
     rows = []

@@ -18,7 +18,8 @@ Per direction and head (state P x N):  H_t = exp(Δ_t a) H_{t-1} + Δ_t x_t B_t�
 Outputs have channel-last memory (a (Bt, Dm, L) result is (Bt, L, Dm) in memory), as the selective op's.
 Dtypes: float16 / bfloat16 / float32 compute in float32, float64 in float64; the result has x's dtype.
 
-Backends: 'reference' (ssd_core.ssd_reference, step by step, the oracle), 'fast' (ssd_core.ssd_chunked, the
+Backends (registered with the engine's protocol, vssm.ops.backend, as mode 'ssd'; chosen by ``backend=``,
+else $VSSM_SCAN_BACKEND, else the capable one of highest priority): 'reference' (ssd_core.ssd_reference, step by step, the oracle), 'fast' (ssd_core.ssd_chunked, the
 CPU path and the default), 'export' (the same chunked form with a gather merge; taken while
 ``torch.compiler.is_exporting()``), 'triton' (ssd_triton.py: the fused forward kernel; the default on CUDA).
 The call goes through the ``vssm::plan_ssd`` custom op (backward:
@@ -30,20 +31,17 @@ oneDNN / BLAS already run near peak on one core, and the remaining elementwise w
 O(T) per output element, not a step-serial loop a fused kernel could speed up the way it speeds up the
 Mamba-1 recurrence.
 """
-import os
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
 import torch
 
+from .backend import (ALL_FLOAT_DTYPES, Capabilities, ScanBackend, ScanRequest, get_backend, recompute_grads,
+                      register_backend, register_lazy_backend, resolve_backend)
 from .plans import MERGE_MODES, cross_scan_rows, validate_index
-from .scan import ScanInputError, _autograd_enabled
+from .scan import ScanInputError
 from .ssd_core import DEFAULT_CHUNK, ssd_chunked, ssd_reference
 
-__all__ = ['plan_ssd_scan', 'plan_ssd_reference', 'plan_ssd_fast', 'plan_ssd_export', 'register_ssd_backend',
-           'ssd_backends', 'SSDBackend', 'SSD_BACKEND_ENV']
-
-SSD_BACKEND_ENV = 'VSSM_SSD_BACKEND'
+__all__ = ['plan_ssd_scan', 'plan_ssd_reference', 'plan_ssd_fast', 'plan_ssd_export', 'ssd_request', 'MODE']
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -126,78 +124,22 @@ def plan_ssd_export(x, dt, A, B, C, D=None, dt_bias=None, *, index, length, merg
 
 # ----------------------------------------------------------------------------------------------- backends
 
-@dataclass(frozen=True)
-class SSDBackend:
-    """One SSD backend: ``forward`` has plan_ssd_scan's signature (without ``backend``); gradients come from
-    ``backward`` (grad_out, *inputs, **options) -> 7 gradients, or by autograd through ``differentiable``."""
-    name: str
-    forward: Callable
-    differentiable: Optional[Callable] = None
-    backward: Optional[Callable] = None
-    devices: frozenset = frozenset({'cpu', 'cuda', 'meta'})
-    merges: frozenset = frozenset(MERGE_MODES)
-    deterministic: bool = True
-    exportable: bool = False
-    priority: int = 0
-    default_devices: Optional[frozenset] = None  # where dispatch may pick it unasked (default: devices)
+MODE = 'ssd'
+_PYTORCH_CAPS = dict(devices=frozenset({'cpu', 'cuda', 'meta'}), dtypes=ALL_FLOAT_DTYPES,
+                     merges=frozenset(MERGE_MODES))
 
 
-_SSD_BACKENDS: Dict[str, SSDBackend] = {}
-
-
-def register_ssd_backend(backend: SSDBackend) -> None:
-    _SSD_BACKENDS[backend.name] = backend
-
-
-def ssd_backends(device='cpu') -> List[str]:
-    """Names of the SSD backends that run on ``device`` here."""
-    device = torch.device(device)
-    if device.type == 'cuda':
-        _load_lazy('triton')
-    return [n for n, b in _SSD_BACKENDS.items() if device.type in b.devices]
-
-
-_LAZY_SSD_BACKENDS = {'triton': 'vssm.ops.ssd_triton'}  # heavy imports: on first need
-
-
-def _load_lazy(name: str) -> None:
-    if name not in _SSD_BACKENDS and name in _LAZY_SSD_BACKENDS:
-        import importlib
-        try:
-            importlib.import_module(_LAZY_SSD_BACKENDS[name])  # registers itself on import
-        except ImportError:
-            pass
-
-
-def _resolve(device: torch.device, merge: str, backend: Optional[str]) -> str:
-    """Explicit argument > VSSM_SSD_BACKEND > the capable backend of highest priority (triton on CUDA)."""
-    name = backend or os.environ.get(SSD_BACKEND_ENV) or None
-    if name:
-        _load_lazy(name)
-    elif device.type == 'cuda':
-        _load_lazy('triton')
-    if name:
-        b = _SSD_BACKENDS.get(name)
-        if b is None:
-            raise ValueError(f'SSD backend {name!r} is not registered; expected one of {ssd_backends(device)}')
-        if device.type not in b.devices:
-            raise ValueError(f'SSD backend {name!r} cannot run on {device.type} tensors; available there: '
-                             f'{ssd_backends(device)}')
-        if merge not in b.merges:
-            raise ValueError(f'SSD backend {name!r} cannot merge {merge!r} (it merges {sorted(b.merges)})')
-        return name
-    best = None
-    for b in _SSD_BACKENDS.values():
-        if device.type in (b.default_devices or b.devices) and merge in b.merges and b.priority >= 0 and (
-                best is None or b.priority > best.priority):
-            best = b
-    return best.name
-
-
-register_ssd_backend(SSDBackend('reference', plan_ssd_reference, differentiable=plan_ssd_reference, priority=-1))
-register_ssd_backend(SSDBackend('fast', plan_ssd_fast, differentiable=plan_ssd_fast, priority=1))
-register_ssd_backend(SSDBackend('export', plan_ssd_export, differentiable=plan_ssd_export, exportable=True,
-                                priority=-1))
+# CUDA runs index_add (cross-scan gradient, merge) with atomics: bitwise reproducible on CPU only
+register_backend(ScanBackend(
+    name='reference', mode=MODE, forward=plan_ssd_reference, differentiable=plan_ssd_reference, priority=-1,
+    capabilities=Capabilities(**_PYTORCH_CAPS)))
+register_backend(ScanBackend(
+    name='fast', mode=MODE, forward=plan_ssd_fast, differentiable=plan_ssd_fast, priority=10,
+    capabilities=Capabilities(**_PYTORCH_CAPS)))
+register_backend(ScanBackend(
+    name='export', mode=MODE, forward=plan_ssd_export, differentiable=plan_ssd_export, priority=-1,
+    capabilities=Capabilities(**_PYTORCH_CAPS, exportable=True)))
+register_lazy_backend('triton', 'vssm.ops.ssd_triton', mode=MODE)
 
 
 # ------------------------------------------------------------------------------------------- custom op
@@ -210,7 +152,7 @@ def _channel_last(t: torch.Tensor) -> torch.Tensor:
 def _plan_ssd_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], index: torch.Tensor, length: int,
                  merge: str, dt_softplus: bool, chunk_size: int, backend: str) -> torch.Tensor:
-    return _channel_last(_SSD_BACKENDS[backend].forward(
+    return _channel_last(get_backend(backend, MODE).forward(
         x, dt, A, B, C, D, dt_bias, index=index, length=length, merge=merge, dt_softplus=dt_softplus,
         chunk_size=chunk_size))
 
@@ -225,29 +167,22 @@ def _plan_ssd_bwd_op(grad_out: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, 
                      C: torch.Tensor, D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
                      index: torch.Tensor, length: int, merge: str, dt_softplus: bool, chunk_size: int,
                      backend: str) -> List[torch.Tensor]:
-    b = _SSD_BACKENDS[backend]
+    b = get_backend(backend, MODE)
     inputs = (x, dt, A, B, C, D, dt_bias)
     opts = dict(index=index, length=length, merge=merge, dt_softplus=dt_softplus, chunk_size=chunk_size)
     if b.backward is not None:
         grads = b.backward(grad_out, *inputs, **opts)
-    else:
-        grads = _recompute(b.differentiable or plan_ssd_fast, grad_out, inputs, opts)
+    else:  # autograd (torch.func.vjp) through the backend's differentiable forward, recomputed now
+        grads = recompute_grads(b.differentiable or plan_ssd_fast, grad_out, inputs, **opts)
     # custom ops cannot return None: an absent optional input gets an empty tensor; each gradient takes its
     # input's dtype and layout
-    return [torch.empty_like(t).copy_(g) if t is not None else x.new_empty(0) for g, t in zip(grads, inputs)]
+    return [_in_layout_of(g, t) if t is not None else x.new_empty(0) for g, t in zip(grads, inputs)]
 
 
-def _recompute(fn, grad_out, inputs, opts):
-    with _autograd_enabled(), torch.enable_grad():  # custom-op kernels run below autograd: bring it back
-        leaves = [t.detach().requires_grad_(True) if t is not None else None for t in inputs]
-        out = fn(*leaves, **opts)
-        wanted = [t for t in leaves if t is not None]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
-    result = []
-    for t in leaves:
-        g = next(grads) if t is not None else None
-        result.append(None if t is None else (torch.zeros_like(t) if g is None else g))
-    return result
+def _in_layout_of(g: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    if g.dtype == t.dtype and g.stride() == torch.empty_like(t, device='meta').stride():
+        return g
+    return torch.empty_like(t).copy_(g)
 
 
 @_plan_ssd_bwd_op.register_fake
@@ -335,6 +270,12 @@ def _check_inputs(x, dt, A, B, C, D, dt_bias, index, length, merge, chunk_size):
     validate_index(index, int(length))
 
 
+def ssd_request(x: torch.Tensor, merge: str) -> ScanRequest:
+    """What a call with map / sequences ``x`` and ``merge`` needs of an SSD backend (for resolve_backend)."""
+    return ScanRequest(mode=MODE, device=x.device.type, dtype=x.dtype, merge=merge,
+                       plan_kind='sequences' if x.dim() == 4 else 'map')
+
+
 def plan_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, *, index, length: int, merge: str = 'sum',
                   dt_softplus: bool = True, chunk_size: int = DEFAULT_CHUNK, backend: Optional[str] = None):
     """Mamba-2 SSD scan over a direction plan (shapes in the module doc); dispatches to a backend."""
@@ -343,7 +284,7 @@ def plan_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, *, index, length: int, m
     if torch.compiler.is_exporting():  # torch.export / ONNX: standard ops, no custom op in the graph
         return plan_ssd_export(x, dt, A, B, C, D, dt_bias, index=index, length=length, merge=merge,
                                dt_softplus=dt_softplus, chunk_size=chunk_size)
-    name = _resolve(x.device, merge, backend)
+    name = resolve_backend(ssd_request(x, merge), backend).name
     return _plan_ssd_op(x, dt, A, B, C, D, dt_bias, index, length, merge, dt_softplus, chunk_size, name)
 
 

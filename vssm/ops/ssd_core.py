@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .selective_scan import _cast, compute_dtype
+from .selective_scan import cast_to as _cast, compute_dtype
 
 __all__ = ['ssd_reference', 'ssd_chunked', 'segment_sum', 'DEFAULT_CHUNK']
 

@@ -25,11 +25,14 @@ gradient (atomics: not bitwise reproducible there unless torch.use_deterministic
 The kernel's tile T (64) is its own: the result does not depend on the chunking, so ``chunk_size`` only
 steers the PyTorch paths.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-from .ssd import SSDBackend, plan_ssd_fast, register_ssd_backend
+from .backend import REDUCED_FLOAT_DTYPES, Capabilities, ScanBackend, register_backend
+from .ssd import MODE, plan_ssd_fast
 
 __all__ = ['triton_plan_ssd', 'BLOCK_T']
 
@@ -136,13 +139,14 @@ def triton_plan_ssd(x, dt, A, B, C, D=None, dt_bias=None, *, index, length, merg
     return o if x.dtype == torch.float32 else o.to(x.dtype)
 
 
-def _runs_here(device) -> bool:
-    import os
-    return device.type == 'cuda' or os.environ.get('TRITON_INTERPRET') == '1'
+def supports_device(device) -> bool:
+    device = torch.device(device)
+    return device.type == 'cuda' or (device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1')
 
 
-register_ssd_backend(SSDBackend(
-    'triton', triton_plan_ssd, differentiable=plan_ssd_fast,
-    devices=frozenset({'cuda', 'cpu'} if _runs_here(torch.device('cpu')) else {'cuda'}),
-    merges=frozenset({'sum', 'mean'}), deterministic=True, priority=2, default_devices=frozenset({'cuda'}),
-))
+# CPU tensors only under the interpreter (a test tool): never a default there
+register_backend(ScanBackend(
+    name='triton', mode=MODE, forward=triton_plan_ssd, differentiable=plan_ssd_fast, available=supports_device,
+    priority=30, default_devices=frozenset({'cuda'}),
+    capabilities=Capabilities(devices=frozenset({'cuda', 'cpu'}), dtypes=REDUCED_FLOAT_DTYPES,
+                              merges=frozenset({'sum', 'mean'}), plan_kinds=frozenset({'map'}))))
