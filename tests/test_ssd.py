@@ -239,3 +239,17 @@ def test_export_has_no_custom_op_and_matches():
     ep = torch.export.export(Scan(), args)
     assert not any('vssm' in str(n.target) for n in ep.graph.nodes)
     torch.testing.assert_close(ep.module()(*args), Scan()(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_cost_records_through_the_protocol():
+    from vssm.ops import get_backend
+    from vssm.ops.cost import ScanShape
+    from vssm.ops.flops import ssd_flops
+    # vmamba_tiny_m2 stage 1 at batch 8: 6 heads of 16 (rank = heads for mode 'ssd'), 64 states, 56x56
+    shape = ScanShape(batch=8, directions=4, channels=96, d_state=64, steps=3136, length=3136, rank=6)
+    fwd, bwd = get_backend('fast', 'ssd').cost(shape)
+    assert fwd.phase == 'forward' and bwd.phase == 'backward'
+    assert fwd.flops == ssd_flops(8, 4, 6, 16, 3136, 64, 64)
+    # minimum: x, Δ, B, C read once, the merged output written once (float32), and the per-head parameters
+    assert fwd.min_bytes == 4 * (8 * 96 * 3136 * 2 + 8 * 4 * 6 * 3136 + 2 * 8 * 4 * 64 * 3136) + 4 * (4 * 6 * 2 + 4 * 96)
+    assert fwd.bytes_moved > fwd.min_bytes and fwd.workspace_bytes > 0 and bwd.flops == 3 * fwd.flops

@@ -129,16 +129,29 @@ _PYTORCH_CAPS = dict(devices=frozenset({'cpu', 'cuda', 'meta'}), dtypes=ALL_FLOA
                      merges=frozenset(MERGE_MODES))
 
 
+def cost_of(name: str):
+    """The ``cost`` of SSD backend ``name``: ScanShape -> (forward, backward) ScanCost (vssm/ops/ssd_cost.py).
+
+    For mode 'ssd' a ScanShape's ``rank`` is the number of heads R (Δ's rows per step, as a low-rank Δ factor's
+    are) and ``channels`` the per-direction width R * P."""
+    def cost(s):
+        from .ssd_cost import ssd_cost
+        heads = s.rank or 1
+        return ssd_cost(s.batch, s.directions, heads, s.channels // heads, s.length, s.d_state, dtype=s.dtype,
+                        steps=s.steps, backend=name)
+    return cost
+
+
 # CUDA runs index_add (cross-scan gradient, merge) with atomics: bitwise reproducible on CPU only
 register_backend(ScanBackend(
     name='reference', mode=MODE, forward=plan_ssd_reference, differentiable=plan_ssd_reference, priority=-1,
-    capabilities=Capabilities(**_PYTORCH_CAPS)))
+    capabilities=Capabilities(**_PYTORCH_CAPS), cost=cost_of('reference')))
 register_backend(ScanBackend(
     name='fast', mode=MODE, forward=plan_ssd_fast, differentiable=plan_ssd_fast, priority=10,
-    capabilities=Capabilities(**_PYTORCH_CAPS)))
+    capabilities=Capabilities(**_PYTORCH_CAPS), cost=cost_of('fast')))
 register_backend(ScanBackend(
     name='export', mode=MODE, forward=plan_ssd_export, differentiable=plan_ssd_export, priority=-1,
-    capabilities=Capabilities(**_PYTORCH_CAPS, exportable=True)))
+    capabilities=Capabilities(**_PYTORCH_CAPS, exportable=True), cost=cost_of('export')))
 register_lazy_backend('triton', 'vssm.ops.ssd_triton', mode=MODE)
 
 

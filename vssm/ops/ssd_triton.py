@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .backend import REDUCED_FLOAT_DTYPES, Capabilities, ScanBackend, register_backend
-from .ssd import MODE, plan_ssd_fast
+from .ssd import MODE, cost_of, plan_ssd_fast
 
 __all__ = ['triton_plan_ssd', 'triton_plan_ssd_backward', 'BLOCK_T']
 
@@ -327,7 +327,7 @@ def supports_device(device) -> bool:
 # CPU tensors only under the interpreter (a test tool): never a default there
 register_backend(ScanBackend(
     name='triton', mode=MODE, forward=triton_plan_ssd, backward=triton_plan_ssd_backward,
-    differentiable=plan_ssd_fast, available=supports_device,
+    differentiable=plan_ssd_fast, available=supports_device, cost=cost_of('triton'),
     priority=30, default_devices=frozenset({'cuda'}),
     capabilities=Capabilities(devices=frozenset({'cuda', 'cpu'}), dtypes=REDUCED_FLOAT_DTYPES,
                               merges=frozenset({'sum', 'mean'}), plan_kinds=frozenset({'map'}))))
