@@ -128,3 +128,22 @@ def test_interpreted_tests_in_subprocess():
                            '-k', 'not in_subprocess'], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert ' passed' in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.gpu
+def test_gpu_fused_backward_at_a_model_shape():
+    """vmamba_tiny_m2 stage 2 (28x28, 12 heads of 16, 64 states): every gradient against float64, bitwise repeat."""
+    t, idx, L = make_inputs(('h', 'v', 'h_flip', 'v_flip'), 2, 12, 16, 64, 28, 28, torch.float32, 'cuda')
+
+    def grads(fn_dtype):
+        leaves = {n: v.detach().to(fn_dtype).requires_grad_(True) for n, v in t.items()}
+        out = plan_ssd_scan(*[leaves[n] for n in NAMES], index=idx, length=L,
+                            backend='triton' if fn_dtype == torch.float32 else 'reference')
+        out.backward(torch.ones_like(out))
+        return {n: v.grad for n, v in leaves.items()}
+
+    got, again, ref = grads(torch.float32), grads(torch.float32), grads(torch.float64)
+    for n in NAMES:
+        scale = float(ref[n].abs().max())
+        torch.testing.assert_close(got[n].double(), ref[n], rtol=1e-3, atol=1e-4 * scale, msg=lambda m: f'{n}: {m}')
+        assert torch.equal(got[n], again[n]), n
