@@ -156,3 +156,15 @@ def test_mm_backbone_through_the_vmamba_adapter(tmp_path):
     full.load_pretrained(str(tmp_path / 'official.pth'))
     torch.testing.assert_close(full.body.model.stages[2].blocks[3].op.conv2d.weight,
                                sd['layers.2.blocks.3.op.conv2d.1.weight'])
+
+
+def test_torch_compile_whole_model_one_graph():
+    from torch._dynamo.testing import CompileCounterWithBackend
+    model = timm.create_model('vmamba_tiny_m2', depths=(1, 1), dims=16, num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    counter = CompileCounterWithBackend('aot_eager')
+    out = torch.compile(model, backend=counter, fullgraph=True)(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, model(x))
+    assert counter.frame_count == 1
+    assert model.stages[1].blocks[0].op.A_logs.grad is not None
