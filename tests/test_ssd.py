@@ -266,3 +266,14 @@ def test_benchmark_script_runs_at_smoke_size():
     rows = tool.main(['--smoke', '--impls', 'reference', 'fast', 'nope'])
     assert [(r['stage'], r['impl']) for r in rows] == [(1, 'reference'), (1, 'fast'), (2, 'reference'), (2, 'fast')]
     assert all(r['fwd_ms'] > 0 and r['fwd_bwd_ms'] > 0 and r['gflop'] > 0 for r in rows)
+
+
+def test_backend_env_names_the_cpu_path_of_both_modes(monkeypatch):
+    """VSSM_SCAN_BACKEND=cpu (the fused C++ kernel for Mamba-1) gives the SSD its CPU path, the chunked form."""
+    directions, merge = PLANS['vmamba']
+    t, idx, L = make_inputs(directions, merge, dtype=torch.float32)
+    args = [t[n] for n in NAMES]
+    monkeypatch.setenv('VSSM_SCAN_BACKEND', 'cpu')
+    assert torch.equal(plan_ssd_scan(*args, index=idx, length=L), plan_ssd_fast(*args, index=idx, length=L))
+    monkeypatch.setenv('VSSM_SCAN_BACKEND', 'reference')
+    torch.testing.assert_close(plan_ssd_scan(*args, index=idx, length=L), plan_ssd_fast(*args, index=idx, length=L))

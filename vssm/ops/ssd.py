@@ -21,7 +21,9 @@ Dtypes: float16 / bfloat16 / float32 compute in float32, float64 in float64; the
 Backends (registered with the engine's protocol, vssm.ops.backend, as mode 'ssd'; chosen by ``backend=``,
 else $VSSM_SCAN_BACKEND, else the capable one of highest priority): 'reference' (ssd_core.ssd_reference, step by step, the oracle), 'fast' (ssd_core.ssd_chunked, the
 CPU path and the default), 'export' (the same chunked form with a gather merge; taken while
-``torch.compiler.is_exporting()``), 'triton' (ssd_triton.py: the fused forward kernel; the default on CUDA).
+``torch.compiler.is_exporting()``), 'cpu' (the same chunked form under the name of each mode's CPU path, so
+VSSM_SCAN_BACKEND=cpu serves Mamba-1 and Mamba-2 layers alike), 'triton' (ssd_triton.py: fused forward and
+backward kernels; the default on CUDA).
 The call goes through the ``vssm::plan_ssd`` custom op (backward:
 ``vssm::plan_ssd_bwd``, a recompute through the backend's differentiable forward), so torch.compile and
 jit tracing (FLOP counting, vssm.ops.flops) see one op.
@@ -152,6 +154,11 @@ register_backend(ScanBackend(
 register_backend(ScanBackend(
     name='export', mode=MODE, forward=plan_ssd_export, differentiable=plan_ssd_export, priority=-1,
     capabilities=Capabilities(**_PYTORCH_CAPS, exportable=True), cost=cost_of('export')))
+# 'cpu' names the CPU path of each mode, so VSSM_SCAN_BACKEND=cpu runs Mamba-1 and Mamba-2 models alike; for the
+# SSD that path is the chunked PyTorch form (see the module doc for why there is no C++ kernel)
+register_backend(ScanBackend(
+    name='cpu', mode=MODE, forward=plan_ssd_fast, differentiable=plan_ssd_fast, priority=-1,
+    capabilities=Capabilities(**dict(_PYTORCH_CAPS, devices=frozenset({'cpu'}))), cost=cost_of('cpu')))
 register_lazy_backend('triton', 'vssm.ops.ssd_triton', mode=MODE)
 
 
