@@ -32,7 +32,7 @@ def ssd_cost(batch: int, directions: int, heads: int, head_dim: int, length: int
     """(forward, backward) engine cost records (vssm.ops.cost.ScanCost) of one SSD plan scan over ``directions``
     sequences of ``steps`` (default ``length``) steps of a map of ``length`` positions, ``heads`` x ``head_dim``
     channels, ``d_state`` states, on ``backend`` ('reference', 'fast', 'export': the PyTorch paths; 'triton':
-    the fused forward, whose backward is the 'fast' recompute)."""
+    the fused kernels)."""
     Bt, K, R, P, N = batch, directions, heads, head_dim, d_state
     Lk = steps or length
     Dm = R * P
@@ -64,6 +64,16 @@ def ssd_cost(batch: int, directions: int, heads: int, head_dim: int, length: int
         forward = ScanCost(backend, 'forward', bytes_moved=input_bytes + 2 * K * acc + (output_bytes if e != 4 else 0),
                            min_bytes=fwd_min, flops=flops, workspace_bytes=acc if e != 4 else 0, programs=Bt * R,
                            launches=1, details=details)
+        # fused backward: the inputs streamed twice per head pass (state recompute, adjoint), the chunk states
+        # written and read back, per-direction dX written and summed, dB / dC added head by head in float32
+        states = Bt * K * c * P * N * 4
+        dxs = Bt * K * length * Dm * 4
+        bc = 2 * Bt * K * Lk * N * 4
+        moved = (2 * input_bytes + output_bytes + input_bytes + 2 * states + 2 * dxs + (2 * R - 1) * bc
+                 + Bt * K * R * Lk * 4)
+        backward = ScanCost(backend, 'backward', bytes_moved=moved, min_bytes=bwd_min, flops=3 * flops,
+                            workspace_bytes=states + dxs + bc + Bt * K * R * Lk * 4, programs=Bt * K, launches=1,
+                            details=details)
     else:
         forward = ScanCost(backend, 'forward', bytes_moved=fwd_min + 2 * workspace, min_bytes=fwd_min, flops=flops,
                            workspace_bytes=workspace, programs=1, launches=0, details=details)
