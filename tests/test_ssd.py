@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vssm.ops import ScanInputError, build_index, plan_ssd_export, plan_ssd_fast, plan_ssd_reference, plan_ssd_scan
 from vssm.ops.ssd_core import segment_sum, ssd_chunked, ssd_reference

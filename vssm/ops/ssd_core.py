@@ -21,7 +21,6 @@ before the exp, so nothing overflows and nothing cancels, at any length. Only st
 exp, pad, masked_fill), no data-dependent control flow: the same code is the CPU path, the autograd path and
 the export path.
 """
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
