@@ -175,6 +175,15 @@ part models_compile 90 "${BENCH[@]}" "${VMAMBA[@]}" --img-size "$IMG" "${COMPILE
 # DeiT as the Vim paper timed it: explicit attention instead of the fused SDPA kernel
 part models_vim_naive_attn 30 env TIMM_FUSED_ATTN=0 "${BENCH[@]}" --model deit_tiny_patch16_224 \
   --img-size "$VIM_SIZE" --bench inference -b "$VIM_B" --results-file "$WORK/models_vim_naive_attn.csv"
+# the SSD (Mamba-2) scan per vmamba_tiny_m2 layer shape, and its training step against VMamba-T s1l8 (issue 22)
+if [ "$DRY" = 1 ]; then
+  SSD=("$PY" tools/benchmark_ssd.py --smoke)
+else
+  SSD=("$PY" tools/benchmark_ssd.py --device cuda --batch 128 --dtype bfloat16 --impls fast triton --warmup 3 --iters 10)
+fi
+part scan_ssd 45 "${SSD[@]}"
+part models_train_m2 60 "${BENCH[@]}" --model vmamba_tiny_m2 vmamba_tiny_s1l8 --img-size "$IMG" --bench train \
+  -b "$TRAIN_B" --results-file "$WORK/models_train_m2.csv"
 
 # ------------------------------------------------------------------------------------------------ report
 REPORT=("$PY" tools/gpu_report.py report --work "$WORK" --out "$OUT_DIR" --started "$START")

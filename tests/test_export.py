@@ -41,6 +41,7 @@ FAMILIES = {
     # conv stages, then windowed stages (one mixer + one attention block each), both maps padded to the windows
     'mambavision': ('mambavision_tiny', dict(depths=(1, 1, 2, 2), dim=16, in_dim=8, num_heads=(1, 1, 2, 2),
                                              window_sizes=(2, 2))),
+    'vmamba_m2': ('vmamba_tiny_m2', dict(depths=(1, 1), dims=16)),  # SSD (Mamba-2) scan: 1 and 2 heads
 }
 
 

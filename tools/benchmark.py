@@ -226,8 +226,10 @@ def _scan_backend(model, device, args) -> str:
     if not type(model).__module__.startswith('vssm.'):
         return ''
     from vssm.ops import default_backend
+    from vssm.layers import SSD2D
+    mode = 'ssd' if any(isinstance(m, SSD2D) for m in model.modules()) else 'selective'  # Mamba-2 (m2) models
     try:
-        return default_backend(device, backend=args.backend)
+        return default_backend(device, mode=mode, backend=args.backend)
     except ValueError as e:
         return f'error: {e}'
 

@@ -25,6 +25,7 @@ model's bytes (what the kernels move) and launch shape.
     python tools/benchmark_scan.py --shape-set det800 --impls fused cuda unfused --skip-missing
     python tools/benchmark_scan.py --schedule           # the cost-model table of docs/scan_kernel.md (CPU, no GPU)
     TRITON_INTERPRET=1 python tools/benchmark_scan.py --device cpu --smoke   # tiny shapes, seconds
+    python tools/benchmark_scan.py --mode ssd --threads 1 --batch 8 --stages 1   # SSD (Mamba-2): benchmark_ssd.py
 """
 import argparse
 import csv
@@ -545,6 +546,11 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ['--mode', 'ssd']:  # the SSD (Mamba-2) scan at vmamba_tiny_m2's shapes: tools/benchmark_ssd.py
+        sys.path.insert(0, str(ROOT / 'tools'))
+        import benchmark_ssd
+        return benchmark_ssd.main(argv[2:])
     args = parse_args(argv)
     if args.schedule:
         rows = schedule_table(getattr(torch, args.dtype or 'bfloat16'))

@@ -333,6 +333,7 @@ MODEL_RUNS = {
     'compile': "inference of the torch.compile'd model (batch 128 at 224²)",
     'vim': 'inference at 1248²', 'vim_naive_attn': 'inference at 1248², DeiT with explicit attention '
                                                     '(TIMM_FUSED_ATTN=0), as the Vim paper measured it',
+    'train_m2': 'training step of vmamba_tiny_m2 (Mamba-2 SSD scan) against vmamba_tiny_s1l8 (batch 64 at 224²)',
 }
 
 

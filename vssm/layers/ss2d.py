@@ -19,7 +19,7 @@ from timm.layers import get_act_layer, register_notrace_module, trunc_normal_
 from .gates import ChannelGate
 from ..ops import DirectionPlan, VMAMBA_PLAN, cross_scan_rows, plan_selective_scan
 
-__all__ = ['SS2D', 'Linear2d', 'Permute', 'init_dt_bias', 'init_ssm_params']
+__all__ = ['SS2D', 'Linear2d', 'Permute', 'init_dt_bias', 'init_ssm_params', 'project_directions']
 
 
 class Linear2d(nn.Linear):
@@ -59,6 +59,19 @@ def init_ssm_params(A_logs: torch.Tensor, Ds: torch.Tensor, dt_projs_weight: Opt
             std = dt_rank ** -0.5 * dt_scale
             dt_projs_weight.uniform_(-std, std)
         init_dt_bias(dt_projs_bias)
+
+
+def project_directions(x_cl: torch.Tensor, x_proj_weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Per-direction projections of a channel-last map: x_cl (B, L, D), x_proj_weight (K, E, D) -> (B, K, Lk, E)
+    in each direction's step order (index (K, Lk) from the plan)."""
+    Bt, L, D = x_cl.shape
+    K = x_proj_weight.shape[0]
+    if index.shape[1] < L:
+        # directions shorter than the map (atrous): gather first, project only the visited tokens
+        return torch.matmul(cross_scan_rows(x_cl, index), x_proj_weight.transpose(1, 2))
+    # x_proj is pointwise: project the map once for all directions, then gather only the E projected channels
+    x_dbl = F.linear(x_cl, x_proj_weight.reshape(-1, D)).view(Bt, L, K, -1)
+    return cross_scan_rows(x_dbl, index)
 
 
 @register_notrace_module  # shape-dependent plans and padding: one leaf for timm's FX feature extraction
@@ -165,14 +178,7 @@ class SS2D(nn.Module):
         L = H * W
         index = self.plan.index(H, W, x.device)
         x_cl = x.permute(0, 2, 3, 1).reshape(Bt, L, D)
-        if index.shape[1] < L:
-            # directions shorter than the map (atrous): gather first, project only the visited tokens
-            x_dbl = torch.matmul(cross_scan_rows(x_cl, index), self.x_proj_weight.transpose(1, 2))
-        else:
-            # x_proj is pointwise: project the map once for all directions, then gather only R + 2N channels
-            x_dbl = F.linear(x_cl, self.x_proj_weight.reshape(-1, D)).view(Bt, L, K, -1)
-            x_dbl = cross_scan_rows(x_dbl, index)
-        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)  # (B, K, Lk, .)
+        dts, Bs, Cs = torch.split(project_directions(x_cl, self.x_proj_weight, index), [R, N, N], dim=-1)
         # Δ = dt_proj(dts) stays in low-rank form: the scan computes it per step, so no (B, K, D, L) tensor
         # is written or saved for backward
         y = plan_selective_scan(

@@ -16,7 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, calculate_drop_path_rates, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from ..layers import Permute, SS2D, VSSBlock
+from ..layers import Permute, SS2D, SSD2D, VSSBlock
 from ..serialization import release_file_globals
 from ._checks import check_state_dict_matches, unwrap_state_dict
 from ._hierarchical import HierarchicalModelMixin
@@ -151,6 +151,7 @@ class VMamba(HierarchicalModelMixin, nn.Module):
             norm_eps: float = 1e-5,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.1,
+            ssm_mode: str = 'selective',
             device=None,
             dtype=None,
     ):
@@ -176,6 +177,8 @@ class VMamba(HierarchicalModelMixin, nn.Module):
             norm_eps: LayerNorm epsilon.
             drop_rate: dropout before the classifier.
             drop_path_rate: stochastic depth, linear over all blocks.
+            ssm_mode: 'selective' (SS2D, Mamba-1) or 'ssd' (SSD2D, Mamba-2: the m2 models; dt_rank is then
+                the number of heads per direction).
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
@@ -203,7 +206,7 @@ class VMamba(HierarchicalModelMixin, nn.Module):
         block_fn = partial(
             VSSBlock, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias,
             ssm_act_layer=ssm_act_layer, gate=gate, mlp_ratio=mlp_ratio, mlp_act_layer=mlp_act_layer,
-            norm_eps=norm_eps,
+            norm_eps=norm_eps, ssm_mode=ssm_mode,
         )
         dp_flat = calculate_drop_path_rates(drop_path_rate, sum(depths))  # linear over all blocks
         dp_rates = [dp_flat[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
@@ -240,7 +243,7 @@ class VMamba(HierarchicalModelMixin, nn.Module):
             elif isinstance(m, (nn.LayerNorm, nn.Conv2d)):
                 m.reset_parameters()
         for m in self.modules():
-            if isinstance(m, SS2D):
+            if isinstance(m, (SS2D, SSD2D)):
                 m.init_weights()
 
     @torch.jit.ignore
@@ -266,6 +269,7 @@ def _remap_official_key(k: str) -> Optional[str]:
     if m:
         return f'stages.{int(m.group(1)) + 1}.downsample.{m.group(2)}'
     k = re.sub(r'^layers\.(\d+)\.blocks\.', r'stages.\1.blocks.', k)
+    k = k.replace('.op.conv2d.1.', '.op.conv2d.')  # m0 (m2 models): conv2d is (Permute, Conv2d, Permute)
     k = k.replace('classifier.norm.', 'norm.').replace('classifier.head.', 'head.fc.')
     return k
 
@@ -312,6 +316,10 @@ default_cfgs = generate_default_cfgs({
     'vmamba_tiny_v0.in1k': _cfg(url=_RELEASE + '%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth'),
     'vmamba_small_v0.in1k': _cfg(url=_RELEASE + '%23v0cls/vssmsmall_dp03_ckpt_epoch_238.pth'),
     'vmamba_base_v0.in1k': _cfg(url=_RELEASE + '%23v0cls/vssmbase_dp06_ckpt_epoch_241.pth'),
+    # Mamba-2 (SSD) models: defined by the official code, never released (no weights, no accuracy)
+    'vmamba_tiny_m2': _cfg(),
+    'vmamba_small_m2': _cfg(),
+    'vmamba_base_m2': _cfg(),
 })
 
 
@@ -327,6 +335,8 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
 
 _V2 = dict(d_state=1, dt_rank='auto', d_conv=3, conv_bias=False, gate=False, mlp_ratio=4.0, stem='v2',
            downsample='v3')
+# m2: VMamba's Mamba-2 models (forward type m0_noz): SSD mixer, 64 states, heads = ceil(dim / 16), head dim 16
+_M2 = dict(_V2, d_state=64, ssm_mode='ssd')
 _V0 = dict(d_state=16, ssm_ratio=2.0, dt_rank='auto', d_conv=3, conv_bias=True, gate=True, mlp_ratio=0.0,
            stem='v1', downsample='v1')
 
@@ -392,3 +402,24 @@ def vmamba_base_v0(pretrained: bool = False, **kwargs) -> VMamba:
     """Vanilla VMamba-B (v0): 76.3M params, 18.0 GFLOPs, 83.7 top-1."""
     args = dict(depths=(2, 2, 27, 2), dims=128, drop_path_rate=0.6, **_V0)
     return _create_vmamba('vmamba_base_v0', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vmamba_tiny_m2(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-T with the Mamba-2 SSD mixer (m2): 25.3M params; no released weights."""
+    args = dict(depths=(2, 2, 4, 2), dims=96, ssm_ratio=1.0, drop_path_rate=0.2, **_M2)
+    return _create_vmamba('vmamba_tiny_m2', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vmamba_small_m2(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-S with the Mamba-2 SSD mixer (m2): 39.1M params; no released weights."""
+    args = dict(depths=(2, 2, 12, 2), dims=96, ssm_ratio=1.0, drop_path_rate=0.3, **_M2)
+    return _create_vmamba('vmamba_small_m2', pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vmamba_base_m2(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-B with the Mamba-2 SSD mixer (m2): 67.5M params; no released weights."""
+    args = dict(depths=(2, 2, 12, 2), dims=128, ssm_ratio=1.0, drop_path_rate=0.3, **_M2)
+    return _create_vmamba('vmamba_base_m2', pretrained, **dict(args, **kwargs))

@@ -12,3 +12,4 @@ from .scan import (
     plan_selective_scan, plan_scan_reference, plan_scan_fast, scan_over_plan, scan_request, expand_delta,
     empty_output, ScanInputError, BACKEND_ENV, CPU_KERNEL_ENV,
 )
+from .ssd import plan_ssd_scan, plan_ssd_reference, plan_ssd_fast, plan_ssd_export, ssd_request

@@ -4,12 +4,15 @@ fvcore counts convs, linears, matmuls and einsums from a jit trace; the scan is 
 (``vssm::plan_scan``) it would skip. The handle below counts it as the official VMamba code does:
 9 * B * L * D * N for the recurrence (per direction), + B * D * L for the D skip, + B * D * L for the
 z gate. A multiply-add counts as one FLOP (fvcore's convention, the one the papers quote).
+
+The SSD scan (``vssm::plan_ssd``, Mamba-2) is counted as its chunked form computes it (``ssd_flops``): mostly
+matmuls, so the count follows the chunk length T as well as the state size N.
 """
 from typing import Any, Dict, List, Tuple
 
 import torch
 
-__all__ = ['scan_flops', 'count_flops', 'flop_count_table']
+__all__ = ['scan_flops', 'ssd_flops', 'count_flops', 'flop_count_table']
 
 
 def scan_flops(batch: int, directions: int, channels: int, length: int, d_state: int,
@@ -21,6 +24,39 @@ def scan_flops(batch: int, directions: int, channels: int, length: int, d_state:
     if with_z:
         flops += batch * channels * (map_length or length)
     return flops
+
+
+def ssd_flops(batch: int, directions: int, heads: int, head_dim: int, length: int, d_state: int,
+              chunk_size: int = 64, with_D: bool = True) -> int:
+    """FLOPs (multiply-adds) of one SSD plan scan in its chunked form (vssm/ops/ssd_core.py), per direction:
+
+    C Bᵀ (T x T per chunk, shared by the heads), the decay mask, (C Bᵀ ∘ Λ) X, the chunk states Xᵀ B, the
+    state passing over chunks (a c x c matrix per head), the entering state read by C, and the D skip;
+    T = min(chunk_size, length), c = ceil(length / T) chunks (the last one padded: computed, so counted).
+    """
+    T = min(chunk_size, length)
+    c = -(-length // T)
+    R, P, N = heads, head_dim, d_state
+    per_direction = (c * T * T * N  # C Bᵀ
+                     + R * c * T * T * (1 + P)  # ∘ Λ, then @ X
+                     + R * c * T * P * (N + 1)  # decay to the chunk end, Xᵀ B
+                     + R * c * c * P * N  # state passing
+                     + R * c * T * P * (N + 1))  # C · entering state, decay from the chunk start
+    if with_D:
+        per_direction += R * P * length
+    return batch * directions * per_direction
+
+
+def _plan_ssd_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    from fvcore.nn.jit_handles import get_shape
+    x_shape = get_shape(inputs[0])
+    Bt, K, R, Lk = get_shape(inputs[1])  # dt (B, K, R, Lk)
+    N = get_shape(inputs[3])[2]
+    merge = inputs[9].toIValue()
+    Dm = x_shape[2] if len(x_shape) == 4 else (x_shape[1] // K if merge == 'group' else x_shape[1])
+    has_D = get_shape(inputs[5]) is not None
+    chunk = inputs[11].toIValue()
+    return ssd_flops(Bt, K, R, Dm // R, Lk, N, int(chunk), with_D=has_D)
 
 
 def _plan_scan_handle(inputs: List[Any], outputs: List[Any]) -> int:
@@ -52,7 +88,8 @@ def _sdpa_handle(inputs: List[Any], outputs: List[Any]) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
-_HANDLES = {'vssm::plan_scan': _plan_scan_handle, 'aten::scaled_dot_product_attention': _sdpa_handle}
+_HANDLES = {'vssm::plan_scan': _plan_scan_handle, 'vssm::plan_ssd': _plan_ssd_handle,
+            'aten::scaled_dot_product_attention': _sdpa_handle}
 
 
 def _analysis(model: torch.nn.Module, input_size: Tuple[int, ...], batch_size: int = 1):
