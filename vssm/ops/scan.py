@@ -44,7 +44,7 @@ from .selective_scan import cast_to, selective_scan_fast, selective_scan_ref, co
 
 __all__ = [
     'plan_selective_scan', 'plan_scan_reference', 'plan_scan_fast', 'scan_over_plan', 'empty_output', 'expand_delta',
-    'low_rank_grads', 'scan_request', 'record_scan_shapes', 'ScanInputError', 'BACKEND_ENV', 'CPU_KERNEL_ENV', 'MODE', 'INPUT_NAMES',
+    'low_rank_grads', 'scan_request', 'record_scan_shapes', 'check_common_inputs', 'ScanInputError', 'BACKEND_ENV', 'CPU_KERNEL_ENV', 'MODE', 'INPUT_NAMES',
 ]
 
 MODE = 'selective'
@@ -259,21 +259,20 @@ class ScanInputError(ValueError, TypeError):
     """A malformed input to the scan (shape, dtype, device, index map): raised before any kernel runs."""
 
 
-def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge):
-    """Clear errors before any kernel sees a wrong shape, dtype, device or index map."""
-    tensors = (('u', u), ('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D), ('z', z),
-               ('delta_bias', delta_bias), ('delta_weight', delta_weight))
-    for name, t in tensors[:5]:
+def check_common_inputs(what: str, tensors, required: int, index, length, merge) -> None:
+    """The checks every scan mode shares: ``tensors`` are (name, tensor or None) pairs, the first ``required``
+    of them mandatory; all float tensors on one device; a known merge; a (K, Lk) long index; a positive length."""
+    for name, t in tensors[:required]:
         if t is None:
-            raise ScanInputError(f'selective scan input {name} is required, got None')
+            raise ScanInputError(f'{what} input {name} is required, got None')
     for name, t in tensors:
         if t is not None and not isinstance(t, torch.Tensor):
-            raise ScanInputError(f'selective scan input {name} must be a tensor, got {type(t).__name__}')
+            raise ScanInputError(f'{what} input {name} must be a tensor, got {type(t).__name__}')
         if t is not None and t.dtype not in _FLOAT_DTYPES:
-            raise ScanInputError(f'selective scan input {name} must be float16/bfloat16/float32/float64, got {t.dtype}')
+            raise ScanInputError(f'{what} input {name} must be float16/bfloat16/float32/float64, got {t.dtype}')
     devices = {t.device for _, t in tensors if t is not None}
     if len(devices) > 1:
-        raise ScanInputError(f'selective scan inputs must share one device, got {sorted(str(d) for d in devices)}')
+        raise ScanInputError(f'{what} inputs must share one device, got {sorted(str(d) for d in devices)}')
     if merge not in MERGE_MODES:
         raise ScanInputError(f'merge must be one of {MERGE_MODES}, got {merge!r}')
     if not isinstance(index, torch.Tensor) or index.dim() != 2 or index.dtype != torch.long:
@@ -284,6 +283,14 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, leng
     K, Lk = index.shape
     if K < 1 or Lk < 1:
         raise ScanInputError(f'index must have at least one direction and one step, got {tuple(index.shape)}')
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_weight, index, length, merge):
+    """Clear errors before any kernel sees a wrong shape, dtype, device or index map."""
+    tensors = (('u', u), ('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D), ('z', z),
+               ('delta_bias', delta_bias), ('delta_weight', delta_weight))
+    check_common_inputs('selective scan', tensors, 5, index, length, merge)
+    K, Lk = index.shape
     if delta.dim() != 4 or delta.shape[1] != K or delta.shape[3] != Lk:
         what = '(B, K={K}, R, Lk={Lk}) (low-rank factor)' if delta_weight is not None else '(B, K={K}, D, Lk={Lk})'
         raise ScanInputError(f'delta must be {what.format(K=K, Lk=Lk)}, got {tuple(delta.shape)}')

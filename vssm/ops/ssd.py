@@ -40,11 +40,10 @@ import torch
 from .backend import (ALL_FLOAT_DTYPES, Capabilities, ScanBackend, ScanRequest, get_backend, recompute_grads,
                       register_backend, register_lazy_backend, resolve_backend)
 from .plans import MERGE_MODES, cross_scan_rows, validate_index
-from .scan import ScanInputError
+from .scan import ScanInputError, check_common_inputs
 from .ssd_core import DEFAULT_CHUNK, ssd_chunked, ssd_reference
 
 __all__ = ['plan_ssd_scan', 'plan_ssd_reference', 'plan_ssd_fast', 'plan_ssd_export', 'ssd_request', 'MODE']
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ------------------------------------------------------------------------------------- plan-level forwards
@@ -232,29 +231,10 @@ _plan_ssd_op.register_autograd(_backward, setup_context=_setup_context)
 def _check_inputs(x, dt, A, B, C, D, dt_bias, index, length, merge, chunk_size):
     """Clear errors before any kernel sees a wrong shape, dtype, device or index map."""
     tensors = (('x', x), ('dt', dt), ('A', A), ('B', B), ('C', C), ('D', D), ('dt_bias', dt_bias))
-    for name, t in tensors[:5]:
-        if t is None:
-            raise ScanInputError(f'SSD scan input {name} is required, got None')
-    for name, t in tensors:
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise ScanInputError(f'SSD scan input {name} must be a tensor, got {type(t).__name__}')
-        if t is not None and t.dtype not in _FLOAT_DTYPES:
-            raise ScanInputError(f'SSD scan input {name} must be float16/bfloat16/float32/float64, got {t.dtype}')
-    devices = {t.device for _, t in tensors if t is not None}
-    if len(devices) > 1:
-        raise ScanInputError(f'SSD scan inputs must share one device, got {sorted(str(d) for d in devices)}')
-    if merge not in MERGE_MODES:
-        raise ScanInputError(f'merge must be one of {MERGE_MODES}, got {merge!r}')
-    if not isinstance(index, torch.Tensor) or index.dim() != 2 or index.dtype != torch.long:
-        got = f'{tuple(index.shape)} {index.dtype}' if isinstance(index, torch.Tensor) else type(index).__name__
-        raise ScanInputError(f'index must be a (K, Lk) long tensor, got {got}')
-    if isinstance(length, bool) or not isinstance(length, (int, torch.Tensor)) or int(length) < 1:
-        raise ScanInputError(f'length must be a positive int (H*W), got {length!r}')
+    check_common_inputs('SSD scan', tensors, 5, index, length, merge)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ScanInputError(f'chunk_size must be a positive int, got {chunk_size!r}')
     K, Lk = index.shape
-    if K < 1 or Lk < 1:
-        raise ScanInputError(f'index must have at least one direction and one step, got {tuple(index.shape)}')
     if dt.dim() != 4 or dt.shape[1] != K or dt.shape[3] != Lk or dt.shape[0] < 1 or dt.shape[2] < 1:
         raise ScanInputError(f'dt must be (B, K={K}, R heads, Lk={Lk}), got {tuple(dt.shape)}')
     Bt, _, R, _ = dt.shape
