@@ -5,7 +5,7 @@ fvcore counts convs, linears, matmuls and einsums from a jit trace; the scan is 
 9 * B * L * D * N for the recurrence (per direction), + B * D * L for the D skip, + B * D * L for the
 z gate. A multiply-add counts as one FLOP (fvcore's convention, the one the papers quote).
 """
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 
@@ -78,9 +78,3 @@ def flop_count_table(model: torch.nn.Module, input_size: Tuple[int, ...] = (3, 2
         return _table(_analysis(model, input_size), max_depth=max_depth)
     finally:
         model.train(was_training)
-
-
-def flops_by_operator(model: torch.nn.Module, input_size: Tuple[int, ...] = (3, 224, 224)) -> Dict[str, int]:
-    """FLOPs split by operator kind (conv, linear, einsum, vssm::plan_scan, ...)."""
-    with torch.no_grad():
-        return dict(_analysis(model, input_size).by_operator())

@@ -204,9 +204,6 @@ class DirectionPlan:
             x = x.view(x.shape[0], self.num_directions, -1, x.shape[-1])
         return cross_scan(x, self.index(H, W, x.device))
 
-    def unscan(self, y: torch.Tensor, H: int, W: int, merge: str = None) -> torch.Tensor:
-        return cross_merge(y, self.index(H, W, y.device), H * W, merge or self.merge)
-
     def __repr__(self):
         return f'DirectionPlan({list(self.directions)}, merge={self.merge!r})'
 
