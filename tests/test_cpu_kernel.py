@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from scan_cases import PLANS, SCAN_NAMES, check_against_reference, make_scan_case, run_with_grads
-from vssm.ops import plan_scan_reference, plan_selective_scan
+from vssm.ops import cpu_kernel, plan_scan_reference, plan_selective_scan
 
-cpu_kernel = pytest.importorskip('vssm.ops.cpu_kernel')
 if cpu_kernel.load_extension() is None:  # pragma: no cover
     pytest.skip('no C++ compiler: the fused CPU scan is not available', allow_module_level=True)
 

@@ -1,6 +1,7 @@
 """tools/benchmark.py, tools/benchmark_cpu_kernel.py, tools/erf.py and tools/convert_checkpoint.py on tiny models: they run and write what they
 promise (CSV / JSON / PNG of the expected size), and conversions round-trip exactly."""
 import csv
+import gzip
 import importlib.util
 import json
 import re
@@ -14,7 +15,7 @@ import torch
 import vssm  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFICIAL_KEYS = Path(__file__).resolve().parent / 'data' / 'vmamba_tiny_s1l8.official_keys.txt'
+OFFICIAL_KEYS = Path(__file__).resolve().parent / 'data' / 'vmamba_tiny_s1l8.official_keys.txt.gz'
 TINY_KW = ['--model-kwargs', 'depths=(1,1,1,1)', 'dims=16']
 
 
@@ -148,7 +149,7 @@ def test_erf_two_models_images_from_a_folder_and_a_checkpoint(tmp_path):
 
 def _official_state_dict():
     sd = {}
-    for line in OFFICIAL_KEYS.read_text().splitlines():
+    for line in gzip.decompress(OFFICIAL_KEYS.read_bytes()).decode().splitlines():
         key, shape = line.split('\t')
         sd[key] = torch.randn(tuple(int(s) for s in re.findall(r'\d+', shape)))
     return sd
@@ -252,25 +253,17 @@ def test_convert_is_generic_over_families(name, tmp_path):
 
 def _official_layouts():
     """(model, model kwargs, official-layout state_dict) per family, from the families' own test helpers."""
-    cases = []
-    try:
-        from test_vim import official_vim_state_dict
-        cases.append(('vim_tiny', ['embed_dim=32', 'depth=2'], official_vim_state_dict(32, depth=2, device='cpu')))
-    except ImportError:
-        pass
-    try:
-        from test_localmamba import official_local_vim_state_dict, official_local_vmamba_state_dict
-        cases.append(('local_vmamba_tiny', [], official_local_vmamba_state_dict((2, 2, 9, 2), device='cpu')))
-        params, buffers = official_local_vim_state_dict(192, device='cpu')
-        cases.append(('local_vim_tiny', [], {**params, **buffers}))
-    except ImportError:
-        pass
-    try:
-        from test_efficient_vmamba import CONFIGS, official_state_dict
-        cases.append(('efficient_vmamba_tiny', [], official_state_dict(**CONFIGS['efficient_vmamba_tiny'])))
-    except ImportError:
-        pass
-    return cases
+    # the families' test modules sit beside this one: a failing import is a failure, not a smaller test
+    from test_efficient_vmamba import CONFIGS, official_state_dict
+    from test_localmamba import official_local_vim_state_dict, official_local_vmamba_state_dict
+    from test_vim import official_vim_state_dict
+    params, buffers = official_local_vim_state_dict(192, device='cpu')
+    return [
+        ('vim_tiny', ['embed_dim=32', 'depth=2'], official_vim_state_dict(32, depth=2, device='cpu')),
+        ('local_vmamba_tiny', [], official_local_vmamba_state_dict((2, 2, 9, 2), device='cpu')),
+        ('local_vim_tiny', [], {**params, **buffers}),
+        ('efficient_vmamba_tiny', [], official_state_dict(**CONFIGS['efficient_vmamba_tiny'])),
+    ]
 
 
 def test_convert_official_layouts_of_the_other_families(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 os.environ['TRITON_INTERPRET'] = '1'  # takes effect only if Triton is not imported yet in this process
-triton = pytest.importorskip('triton')
+triton = pytest.importorskip('triton', reason='Triton is an optional dependency (torch ships it on Linux CUDA builds)')
 
 from scan_cases import (  # noqa: E402
     ATROUS, VIM, VMAMBA, WINDOWS, backend_runner, check_against_reference, make_scan_case,
@@ -339,7 +339,7 @@ _AOT_SCRIPT = textwrap.dedent('''
 def test_kernels_compile_for_sm90():
     """Ahead-of-time compilation down to a cubin (Triton's bundled ptxas), no GPU needed: catches what the
     interpreter lets through (types of loop-carried values, layouts, unsupported ops); no register spills."""
-    pytest.importorskip('triton.backends.nvidia.compiler')
+    pytest.importorskip('triton.backends.nvidia.compiler', reason="this Triton has no NVIDIA backend to compile for")
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     proc = subprocess.run([sys.executable, '-c', _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     if 'ptxas' in proc.stderr and 'not found' in proc.stderr:

@@ -218,6 +218,8 @@ VMAMBA_PLAN = DirectionPlan(('h', 'v', 'h_flip', 'v_flip'), 'sum')
 VIM_PLAN = DirectionPlan(('h', 'h_flip'), 'mean')
 # GroupMamba: four channel groups, each scanned along one direction
 GROUPED_PLAN = DirectionPlan(('h', 'v', 'h_flip', 'v_flip'), 'group')
+# EfficientVMamba: the four dilation-2 phases are disjoint and cover the map, so 'sum' gives each position exactly
+# one direction's output (a scatter; tests/test_ops_plans.py checks the cover)
 EFFICIENT_VMAMBA_PLAN = DirectionPlan(('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'), 'sum')
 
 
