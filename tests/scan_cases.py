@@ -9,7 +9,7 @@
 gradient}``. The reference runs in float64 on the same (rounded) values, so the tolerance measures the backend,
 not the input rounding.
 """
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -38,7 +38,6 @@ class ScanCase:
     length: int
     merge: str = 'sum'
     delta_softplus: bool = True
-    extra: dict = field(default_factory=dict)  # free for a test's own notes (the fuzz test's case description)
 
     def __getitem__(self, name):
         return self.inputs[name]
