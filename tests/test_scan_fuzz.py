@@ -263,19 +263,19 @@ VALID_PLANS = PLANS + [('w2', 'w2_flip', 'w3', 'w3_flip'), ('v_flip',)]
 RESTRIDES = ('sliced', 'offset', 'expanded', 'transposed', 'channel_last')
 
 
-def _restride(t: torch.Tensor, how: str) -> torch.Tensor:
-    """The same values in another memory layout ('expanded': other valid values, zero stride along dim 0)."""
-    if how == 'sliced':  # every other element of a buffer twice the size
-        return torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0]
+def _restride(t: torch.Tensor, how: str):
+    """(the same values in another memory layout, the layout made); 'expanded' gives other valid values with a
+    zero stride along dim 0. A layout the tensor's shape does not allow falls back to 'sliced'."""
     if how == 'offset':  # a view at a storage offset into a larger buffer
-        return torch.empty(t.numel() + 3, dtype=t.dtype)[3:].view(t.shape).copy_(t)
+        return torch.empty(t.numel() + 3, dtype=t.dtype)[3:].view(t.shape).copy_(t), how
     if how == 'expanded' and t.shape[0] > 1:
-        return t[:1].expand(t.shape)
+        return t[:1].expand(t.shape), how
     if how == 'transposed' and t.dim() >= 2:
-        return t.transpose(-2, -1).contiguous().transpose(-2, -1)
+        return t.transpose(-2, -1).contiguous().transpose(-2, -1), how
     if how == 'channel_last' and t.dim() >= 3:
-        return t.transpose(1, -1).contiguous().transpose(1, -1)
-    return _restride(t, 'sliced')
+        return t.transpose(1, -1).contiguous().transpose(1, -1), how
+    # every other element of a buffer twice the size
+    return torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0], 'sliced'
 
 
 def _valid_case(rng: random.Random, grouped: bool):
@@ -295,11 +295,12 @@ def _valid_case(rng: random.Random, grouped: bool):
         generator=torch.Generator().manual_seed(rng.randrange(2 ** 31)))
     changes = []
     for name in rng.sample(case.present() + ['index'], rng.randint(1, 3)):
-        how = rng.choice(RESTRIDES)
         if name == 'index':
-            case = ScanCase(case.inputs, _restride(case.index, how), case.length, case.merge)
+            index, how = _restride(case.index, rng.choice(RESTRIDES))
+            case = ScanCase(case.inputs, index, case.length, case.merge)
         else:
-            case = case.with_inputs(**{name: _restride(case[name], how)})
+            t, how = _restride(case[name], rng.choice(RESTRIDES))
+            case = case.with_inputs(**{name: t})
         changes.append(f'{name} {how}')
     what = (f'{plan} {H}x{W} {merge} {layout} {dtype} params {params or dtype} '
             f'shapes u{tuple(case["u"].shape)} delta{tuple(case["delta"].shape)} A{tuple(case["A"].shape)}; '
