@@ -10,7 +10,7 @@
 # has its own time limit, a failing part does not stop the others, and the limits are also cut to a total
 # budget (GPU_CHECK_BUDGET, 450 s) so the whole run ends within 8 minutes on an H100/H200.
 # Output: $OUT (the device tool's folder) or ./gpu_report/: report.md, tests.csv, scan.csv, models.csv,
-# report.png, gpu_check.log (tools/gpu_report.py writes them). The exit status is 0 when every part passed.
+# report.png, gpu_check.log (scripts/gpu_report.py writes them). The exit status is 0 when every part passed.
 #
 # Knobs (environment): PYTHON, OUT, GPU_CHECK_BUDGET (s), GPU_CHECK_ONLY="part part" (rerun some parts),
 # GPU_TEST_WORKERS (pytest-xdist workers on the GPU, 4), TORCH_CUDA_ARCH_LIST (default: the device's),
@@ -89,7 +89,7 @@ skip() {  # skip NAME WHY
 log "vssm GPU check$([ "$DRY" = 1 ] && echo ' (dry run, CPU, tiny shapes)'); python: $PY; work: $WORK; report: $OUT_DIR"
 
 # ------------------------------------------------------------------------------------------ environment
-part env 60 "$PY" tools/gpu_report.py env --output "$WORK/env.json"
+part env 60 "$PY" scripts/gpu_report.py env --output "$WORK/env.json"
 
 WHEELS=(carry/wheels/*.whl)
 if [ -e "${WHEELS[0]}" ]; then
@@ -186,7 +186,7 @@ part models_train_m2 60 "${BENCH[@]}" --model vmamba_tiny_m2 vmamba_tiny_s1l8 --
   -b "$TRAIN_B" --results-file "$WORK/models_train_m2.csv"
 
 # ------------------------------------------------------------------------------------------------ report
-REPORT=("$PY" tools/gpu_report.py report --work "$WORK" --out "$OUT_DIR" --started "$START")
+REPORT=("$PY" scripts/gpu_report.py report --work "$WORK" --out "$OUT_DIR" --started "$START")
 [ "$DRY" = 1 ] && REPORT+=(--dry-run --require-complete)  # CI: every part ran and every section has figures
 timeout 60 "${REPORT[@]}"
 rc=$?

@@ -10,79 +10,27 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vssm.ops import build_index, plan_scan_reference, plan_selective_scan
+from scan_cases import PLANS, SCAN_NAMES, check_against_reference, make_scan_case, run_with_grads
+from vssm.ops import cpu_kernel, plan_scan_reference, plan_selective_scan
 
-cpu_kernel = pytest.importorskip('vssm.ops.cpu_kernel')
 if cpu_kernel.load_extension() is None:  # pragma: no cover
     pytest.skip('no C++ compiler: the fused CPU scan is not available', allow_module_level=True)
 
-PLANS = {
-    'vmamba': ('h', 'v', 'h_flip', 'v_flip'),
-    'windows': ('w2', 'w2_flip', 'w3', 'w3_flip'),  # 5x7 pads to 6x8 and 6x9
-    'atrous': ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'),  # unequal lengths on an odd map
-    'vim': ('h', 'h_flip'),  # sequence-form u
-}
-NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias', 'delta_weight')
+NAMES = SCAN_NAMES
 
 
-def make_inputs(plan, Bt=1, Dm=19, N=3, R=2, H=5, W=7, merge='sum', low_rank=True, with_z=True,
-                seq_u=False, channel_last=True):
-    """Fresh float64 inputs; Dm = 19 spans a full and a partial 16-lane vector."""
-    idx = build_index(plan, H, W)
-    K, Lk = idx.shape
-    L = H * W
-    Cmap = K * Dm if merge == 'group' else Dm
-    f = dict(dtype=torch.float64)
-    if seq_u:
-        u = torch.randn(Bt, K, Lk, Dm, **f).transpose(-1, -2)  # Vim: channel-last sequences
-    else:
-        u = torch.randn(Bt, L, Cmap, **f).transpose(1, 2) if channel_last else torch.randn(Bt, Cmap, L, **f)
-    t = dict(
-        u=u,
-        A=-torch.rand(K * Dm, N, **f) - 0.2,
-        B=torch.randn(Bt, K, Lk, N, **f).transpose(-1, -2),
-        C=torch.randn(Bt, K, Lk, N, **f).transpose(-1, -2),
-        D=torch.randn(K * Dm, **f),
-        z=torch.randn(Bt, L, Cmap, **f).transpose(1, 2) if with_z else None,
-        delta_bias=torch.randn(K * Dm, **f) * 0.1,
-    )
-    if low_rank:
-        t['delta'] = torch.randn(Bt, K, Lk, R, **f).transpose(-1, -2) * 0.7
-        t['delta_weight'] = torch.randn(K, Dm, R, **f) * 0.7
-    else:
-        t['delta'] = torch.randn(Bt, K, Dm, Lk, **f) * 0.5
-        t['delta_weight'] = None
-    return t, idx, L
+def make_case(plan, Bt=1, Dm=19, N=3, R=2, H=5, W=7, merge='sum', low_rank=True, with_z=True, seq_u=False,
+              channel_last=True):
+    """This file's defaults: Dm = 19 spans a full and a partial 16-lane vector; SS2D's channel-last layout."""
+    return make_scan_case(plan, H, W, batch=Bt, channels=Dm, d_state=N, rank=R if low_rank else 0, merge=merge,
+                          with_z=with_z, seq_u=seq_u, channel_last=channel_last)
 
 
-def _run(t, idx, L, merge, backend, grad_out):
-    leaves = {n: (v.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
-                  if v is not None else None) for n, v in t.items()}
-    kw = dict(index=idx, length=L, merge=merge, delta_weight=leaves['delta_weight'])
-    if backend == 'reference':
-        out = plan_scan_reference(*[leaves[n] for n in NAMES[:8]], **kw)
-    else:
-        out = plan_selective_scan(*[leaves[n] for n in NAMES[:8]], **kw, backend=backend)
-    out.backward(grad_out)
-    return out.detach(), {n: v.grad for n, v in leaves.items() if v is not None}
-
-
-def check_against_reference(t64, idx, L, merge, dtype=torch.float32, tol=2e-4, grad_tol=1e-3):
-    t = {n: (v.to(dtype) if v is not None else None) for n, v in t64.items()}
-    t64 = {n: (v.double() if v is not None else None) for n, v in t.items()}  # the oracle sees the rounded inputs
-    ref = plan_scan_reference(*[t64[n] for n in NAMES[:8]], index=idx, length=L, merge=merge,
-                              delta_weight=t64['delta_weight'])
-    grad_out = torch.randn_like(ref)
-    ref, ref_g = _run(t64, idx, L, merge, 'reference', grad_out)
-    out, g = _run(t, idx, L, merge, 'cpu', grad_out.to(dtype))
-    assert out.dtype == dtype and out.shape == ref.shape
-    assert out.transpose(-1, -2).is_contiguous(), 'output must be channel-last'
-    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
-    assert set(g) == set(ref_g)
-    for n in ref_g:
-        assert g[n].dtype == t[n].dtype, n
-        assert g[n].stride() == torch.empty_like(t[n]).stride(), f'gradient of {n} not in its input layout'
-        torch.testing.assert_close(g[n].double(), ref_g[n], rtol=grad_tol, atol=grad_tol, msg=f'gradient of {n}')
+def check_cpu(case, dtype=torch.float32, tol=2e-4, grad_tol=1e-3):
+    """The 'cpu' backend on the case in dtype against the float64 reference on the same rounded values; the
+    output is channel-last and every gradient is written in its input's layout."""
+    return check_against_reference('cpu', case.cast(dtype), tol=(tol, tol), grad_tol=(grad_tol, grad_tol),
+                                   layouts=True)
 
 
 @pytest.mark.parametrize('low_rank', [True, False], ids=['low_rank', 'full_delta'])
@@ -91,9 +39,9 @@ def check_against_reference(t64, idx, L, merge, dtype=torch.float32, tol=2e-4, g
 def test_matches_reference(plan, merge, low_rank):
     if plan == 'vim' and merge == 'group':
         pytest.skip("merge 'group' reads a map")
-    t, idx, L = make_inputs(PLANS[plan], Bt=1 if plan != 'windows' else 2, merge=merge, low_rank=low_rank,
-                            seq_u=plan == 'vim', channel_last=plan != 'atrous')
-    check_against_reference(t, idx, L, merge)
+    case = make_case(PLANS[plan], Bt=1 if plan != 'windows' else 2, merge=merge, low_rank=low_rank,
+                     seq_u=plan == 'vim', channel_last=plan != 'atrous')
+    check_cpu(case)
 
 
 @pytest.mark.parametrize('Bt, Dm, H, W', [
@@ -102,8 +50,7 @@ def test_matches_reference(plan, merge, low_rank):
     (3, 33, 1, 9),   # three vectors, the last with one lane; a 1-row map
 ])
 def test_work_splits_match_reference(Bt, Dm, H, W):
-    t, idx, L = make_inputs(PLANS['vmamba'], Bt=Bt, Dm=Dm, N=2, H=H, W=W)
-    check_against_reference(t, idx, L, 'sum')
+    check_cpu(make_case(PLANS['vmamba'], Bt=Bt, Dm=Dm, N=2, H=H, W=W))
 
 
 @pytest.mark.parametrize('R, H, W', [
@@ -113,8 +60,7 @@ def test_work_splits_match_reference(Bt, Dm, H, W):
 ])
 def test_delta_ranks_and_step_remainders(R, H, W):
     """Low-rank Δ is computed four steps at a time: every rank parity and step remainder against the oracle."""
-    t, idx, L = make_inputs(PLANS['vmamba'], Bt=2, N=2, R=R, H=H, W=W)
-    check_against_reference(t, idx, L, 'sum')
+    check_cpu(make_case(PLANS['vmamba'], Bt=2, N=2, R=R, H=H, W=W))
 
 
 def test_work_split_is_shape_only():
@@ -129,22 +75,20 @@ def test_work_split_is_shape_only():
 
 def test_long_direction_backward_is_chunked():
     """A per-task step store past 4 MiB is cut into chunks recomputed from checkpoints: same gradients."""
-    t, idx, L = make_inputs(('h', 'h_flip'), Dm=3, N=64, R=1, H=1, W=2100, with_z=False)
-    check_against_reference(t, idx, L, 'sum', tol=1e-3, grad_tol=2e-3)
+    check_cpu(make_case(('h', 'h_flip'), Dm=3, N=64, R=1, H=1, W=2100, with_z=False), tol=1e-3, grad_tol=2e-3)
 
 
 @pytest.mark.parametrize('dtype, tol', [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
 def test_low_precision_inputs(dtype, tol):
-    t, idx, L = make_inputs(PLANS['vmamba'], Bt=1)
-    check_against_reference(t, idx, L, 'sum', dtype=dtype, tol=tol, grad_tol=tol * 4)
+    check_cpu(make_case(PLANS['vmamba'], Bt=1), dtype=dtype, tol=tol, grad_tol=tol * 4)
 
 
 def test_strided_grad_out_and_channel_first_u():
     """grad_out in any strides (here channel-first, not the output's layout) and a channel-first map."""
-    t, idx, L = make_inputs(PLANS['windows'], Bt=2, channel_last=False)
-    t32 = {n: (v.float() if v is not None else None) for n, v in t.items()}
+    case = make_case(PLANS['windows'], Bt=2, channel_last=False)
+    t32, L = case.cast(torch.float32).inputs, case.length
     grad = torch.randn(2, 19, L)  # contiguous channel-first
-    kw = dict(index=idx, length=L, delta_softplus=True)
+    kw = dict(index=case.index, length=L, delta_softplus=True)
     args = [t32[n] for n in NAMES[:8]]
     mine = cpu_kernel.plan_scan_cpu_backward(grad, *args, delta_weight=t32['delta_weight'], **kw)
     ref = cpu_kernel.plan_scan_cpu_backward(grad.transpose(1, 2).contiguous().transpose(1, 2), *args,
@@ -155,23 +99,21 @@ def test_strided_grad_out_and_channel_first_u():
         assert g.stride() == torch.empty_like(inp).stride()
 
 
-def _run_cpu(t, idx, L, merge):
-    t32 = {n: (v.float() if v is not None else None) for n, v in t.items()}
-    grad_out = torch.randn(plan_scan_reference(*[t[n] for n in NAMES[:8]], index=idx, length=L, merge=merge,
-                                               delta_weight=t['delta_weight']).shape, generator=torch.Generator().manual_seed(3))
-    out, g = _run(t32, idx, L, merge, 'cpu', grad_out)
+def _run_cpu(case):
+    grad_out = torch.randn(case.call(plan_scan_reference).shape, generator=torch.Generator().manual_seed(3))
+    out, g = run_with_grads(lambda c: c.call(plan_selective_scan, backend='cpu'), case.cast(torch.float32), grad_out)
     return [out] + [g[n] for n in sorted(g)]
 
 
 @pytest.mark.parametrize('merge', ['sum', 'group'])
 def test_deterministic_across_runs_and_thread_counts(merge):
-    t, idx, L = make_inputs(PLANS['vmamba'], Bt=3, Dm=40, H=6, W=7, merge=merge)
-    first = _run_cpu(t, idx, L, merge)
-    again = _run_cpu(t, idx, L, merge)
+    case = make_case(PLANS['vmamba'], Bt=3, Dm=40, H=6, W=7, merge=merge)
+    first = _run_cpu(case)
+    again = _run_cpu(case)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        threaded = _run_cpu(t, idx, L, merge)
+        threaded = _run_cpu(case)
     finally:
         torch.set_num_threads(threads)
     for a, b, c in zip(first, again, threaded):
@@ -181,7 +123,8 @@ def test_deterministic_across_runs_and_thread_counts(merge):
 @pytest.mark.parametrize('bad', [35, 1000, -2])
 def test_bad_index_through_the_extension_raises(bad):
     """A direct call (no Python validation) with an index outside [-1, L) raises instead of writing out of bounds."""
-    t, idx, L = make_inputs(PLANS['vmamba'], Bt=1)
+    case = make_case(PLANS['vmamba'], Bt=1)
+    t, idx, L = case.inputs, case.index, case.length
     args = list(cpu_kernel._kernel_args(*[(t[n].float() if t[n] is not None else None) for n in NAMES[:8]],
                                         t['delta_weight'].float(), idx))
     bad_idx = idx.clone()
@@ -204,14 +147,13 @@ def test_float64_goes_to_the_pytorch_path():
     """The kernel computes in float32: by default float64 calls go to 'fast'; asking for 'cpu' by name says why
     it cannot run them."""
     from vssm.ops import UnsupportedScanError
-    t, idx, L = make_inputs(PLANS['vmamba'], Bt=1, Dm=3)
-    ref = plan_scan_reference(*[t[n] for n in NAMES[:8]], index=idx, length=L, delta_weight=t['delta_weight'])
-    out = plan_selective_scan(*[t[n] for n in NAMES[:8]], index=idx, length=L, delta_weight=t['delta_weight'])
+    case = make_case(PLANS['vmamba'], Bt=1, Dm=3)
+    ref = case.call(plan_scan_reference)
+    out = case.call(plan_selective_scan)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
     with pytest.raises(UnsupportedScanError, match="'cpu' cannot run this call: it lacks dtype torch.float64"):
-        plan_selective_scan(*[t[n] for n in NAMES[:8]], index=idx, length=L, delta_weight=t['delta_weight'],
-                            backend='cpu')
+        case.call(plan_selective_scan, backend='cpu')
 
 
 def test_extension_name_is_keyed_by_isa(monkeypatch):

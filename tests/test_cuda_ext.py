@@ -24,17 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from vssm.ops import build_index, plan_scan_fast, plan_scan_reference, plan_selective_scan
+from scan_cases import PLANS, SCAN_NAMES as NAMES, ScanCase, make_scan_case
+from scan_cases import check_against_reference as check_scan
+from vssm.ops import plan_scan_fast, plan_scan_reference, plan_selective_scan
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / 'kernels'
-NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias', 'delta_weight')
-PLANS = {
-    'vmamba': ('h', 'v', 'h_flip', 'v_flip'),
-    'vim': ('h', 'h_flip'),
-    'windows': ('w2', 'w2_flip', 'w3', 'v_flip'),
-    'atrous': ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'),
-}
 # mamba_ssm's selective-scan test tolerances (rtol, atol) for the output, by input dtype
 MAMBA_TOL = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
 
@@ -56,56 +51,18 @@ def _nvcc_release(cuda_home):
 
 def make_inputs(plan, Bt=2, Dm=3, N=3, H=7, W=5, dtype=torch.float64, seq_u=False, device='cpu', scale=0.5,
                 with_optional=True, rank=0, merge='sum'):
-    """Random inputs of one call; rank > 0: Δ in low-rank form (delta (Bt, K, R, Lk), delta_weight (K, Dm, R));
-    merge 'group': u and z are grouped maps (Bt, K*Dm, L)."""
-    idx = build_index(plan, H, W, device)
-    K, Lk = idx.shape
-    L = H * W
-    g = torch.Generator().manual_seed(1234)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-
-    map_ch = K * Dm if merge == 'group' else Dm
-    t = dict(
-        u=rnd(Bt, K, Dm, Lk) if seq_u else rnd(Bt, map_ch, L),
-        delta=rnd(Bt, K, rank, Lk) if rank else rnd(Bt, K, Dm, Lk) * scale,
-        A=(-torch.rand(K * Dm, N, generator=g, dtype=torch.float64) - 0.2).to(device=device, dtype=dtype),
-        B=rnd(Bt, K, N, Lk),
-        C=rnd(Bt, K, N, Lk),
-        D=rnd(K * Dm) if with_optional else None,
-        z=rnd(Bt, map_ch, L) if with_optional else None,
-        delta_bias=rnd(K * Dm) * 0.1 if with_optional else None,
-        # the weight is float32 like a parameter under autocast (float64 for the float64 reference inputs)
-        delta_weight=(torch.randn(K, Dm, rank, generator=g, dtype=torch.float64) * scale / rank ** 0.5).to(
-            device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32) if rank else None,
-    )
-    return t, idx, L
+    """Random inputs of one call (channel-first, seeded) as (inputs, index, length); rank > 0: Δ in low-rank
+    form; merge 'group': u and z are grouped maps (Bt, K*Dm, L)."""
+    case = make_scan_case(plan, H, W, batch=Bt, channels=Dm, d_state=N, rank=rank, merge=merge, seq_u=seq_u,
+                          with_z=with_optional, with_D=with_optional, with_delta_bias=with_optional, dtype=dtype,
+                          device=device, delta_scale=scale, generator=torch.Generator().manual_seed(1234))
+    if rank and dtype != torch.float64:  # the weight is float32 like a parameter under autocast
+        case = case.with_inputs(delta_weight=case['delta_weight'].float())
+    return case.inputs, case.index, case.length
 
 
 def as_float32(t):
     return {n: (v.float() if v is not None else None) for n, v in t.items()}
-
-
-def reference_with_grads(t, idx, L, merge, grad_out=None, delta_softplus=True, oracle=plan_scan_reference):
-    """float64 oracle on the same (possibly rounded) inputs: output and gradients of every input.
-
-    oracle: the step-by-step reference, or at long real shapes its chunked closed form plan_scan_fast (in
-    float64 the same values; tests/test_ops_scan.py checks the two against each other)."""
-    leaves = {n: (v.detach().to(torch.float64).requires_grad_(True) if v is not None else None) for n, v in t.items()}
-    out = oracle(*[leaves[n] for n in NAMES[:8]], index=idx, length=L, merge=merge, delta_softplus=delta_softplus,
-                 delta_weight=leaves['delta_weight'])
-    if grad_out is None:
-        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-        grad_out = grad_out.to(out.device)
-    out.backward(grad_out)
-    return out.detach(), grad_out, {n: v.grad for n, v in leaves.items() if v is not None}
-
-
-def assert_grad_close(actual, expected, rtol, atol, name):
-    """Gradient check scaled to the gradient's size: B, C, A, D and delta_bias sum over many terms."""
-    scale = max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol * scale, msg=lambda m: f'{name}: {m}')
 
 
 def grad_tolerances(dtype):
@@ -121,24 +78,12 @@ def grad_tolerances(dtype):
 
 def check_against_reference(forward, backward, t, idx, L, merge, dtype, delta_softplus=True,
                             oracle=plan_scan_reference):
-    """forward(t) -> out and backward(grad_out, t) -> grads dict, on inputs `t` of `dtype`."""
-    ref, grad_out, ref_g = reference_with_grads(t, idx, L, merge, delta_softplus=delta_softplus, oracle=oracle)
-    out = forward(t)
-    assert out.dtype == t['u'].dtype and out.shape == ref.shape
-    if dtype == torch.float32:
-        torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
-    else:
-        rtol, atol = MAMBA_TOL[dtype]
-        torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
-    grads = backward(grad_out.to(out.dtype), t)
-    tol = grad_tolerances(dtype)
-    for n, g_ref in ref_g.items():
-        assert grads[n] is not None and grads[n].dtype == t[n].dtype and grads[n].shape == t[n].shape, n
-        assert_grad_close(grads[n], g_ref, *tol(n), name=f'gradient of {n}')
-    for n, v in t.items():
-        if v is None:
-            assert grads.get(n) is None, n
-    return out, grads
+    """forward(t) -> out and backward(grad_out, t) -> grads dict, on inputs `t` of `dtype`: the shared check
+    (tests/scan_cases.py) with mamba_ssm's tolerances, gradient tolerances scaled to the gradient's size."""
+    case = ScanCase(dict(t), idx, L, merge, delta_softplus)
+    return check_scan(lambda c: forward(c.inputs), case, backward=lambda g, c: backward(g, c.inputs),
+                      tol=(1e-4, 1e-4) if dtype == torch.float32 else MAMBA_TOL[dtype],
+                      grad_tol=grad_tolerances(dtype), grad_scale=True, oracle=oracle)
 
 
 # ------------------------------------------------------------------------------------- the real build
@@ -190,11 +135,11 @@ def test_extension_builds(tmp_path):
 @pytest.fixture(scope='module')
 def emulator():
     from torch.utils.cpp_extension import load
-    try:
-        return load('vssm_scan_emulator', [str(KERNELS / 'csrc' / 'binding_emulator.cpp')],
-                    extra_include_paths=[str(KERNELS / 'csrc')], extra_cflags=['-O0'], verbose=False)
-    except Exception as e:  # no C++ compiler
-        pytest.skip(f'the CPU emulator of the CUDA kernels could not be built: {e}')
+    if not (os.environ.get('CXX') or shutil.which('c++') or shutil.which('g++') or shutil.which('clang++')):
+        pytest.skip('no C++ compiler: the CPU emulator of the CUDA kernels cannot be built')
+    # with a compiler, a build error is a failure (a broken kernel source must not pass as a skip)
+    return load('vssm_scan_emulator', [str(KERNELS / 'csrc' / 'binding_emulator.cpp')],
+                extra_include_paths=[str(KERNELS / 'csrc')], extra_cflags=['-O0'], verbose=False)
 
 
 def _emulated(ext, chunk=0, tile=0, sub=0, slots=0, chunk_slots=0, num_sms=0):

@@ -195,24 +195,43 @@ def test_onnx_runs_in_onnxruntime_close_to_eager(exported, tmp_path):
 
 
 def test_cli_exports_features_only_backbone_and_checks(tmp_path, capsys):
-    """tools/export.py end to end: a features_only backbone (3 outputs), non-square, static batch, --check."""
+    """tools/export.py end to end with its defaults: a features_only backbone (3 outputs), non-square, --check;
+    the batch is dynamic by default (as timm's ONNX exporter makes it), checked at batches 1, 2 and 3."""
     out = tmp_path / 'backbone.pt2'
     result = _tool('export').main([
         '--model', 'efficient_vmamba_tiny', '--model-kwargs', 'depths=(1,1,1)', 'dims=16', 'out_indices=(0,1,2)',
-        '--features-only',
-        '--format', 'pt2', '--img-size', *map(str, IMG), '--batch-size', '2', '--output', str(out), '--check',
+        '--features-only', '--format', 'pt2', '--img-size', *map(str, IMG), '--output', str(out), '--check',
     ])
     assert out.is_file() and result['size_mb'] > 0
-    assert result['checks'][0]['batch'] == 2 and result['checks'][0]['max_rel'] < 1e-5
+    assert result['dynamic_batch'] and result['batch_size'] == 2
+    assert [c['batch'] for c in result['checks']] == [1, 2, 3]
+    assert all(c['max_rel'] < 1e-5 for c in result['checks'])
     assert 'max rel diff' in capsys.readouterr().out
-    outs = load_artifact(str(out), 'pt2')(torch.randn(2, 3, *IMG))
-    assert [tuple(o.shape[1:]) for o in outs] == [(16, 8, 12), (32, 4, 6), (64, 2, 3)]  # NCHW, strides 4, 8, 16
+    run = load_artifact(str(out), 'pt2')
+    for b in (1, 5):
+        outs = run(torch.randn(b, 3, *IMG))
+        assert [tuple(o.shape) for o in outs] == [(b, 16, 8, 12), (b, 32, 4, 6), (b, 64, 2, 3)]  # strides 4, 8, 16
+
+
+def test_cli_batch_options():
+    """--static-batch fixes the batch at --batch-size (default 1); the default is dynamic, traced at 2."""
+    parse = _tool('export').build_parser().parse_args
+    base = ['--model', 'vmamba_tiny_s1l8', '--format', 'onnx', '--img-size', '32', '--output', 'm.onnx']
+    assert parse(base).dynamic_batch and parse(base + ['--dynamic-batch']).dynamic_batch
+    assert not parse(base + ['--static-batch']).dynamic_batch
+    with pytest.raises(SystemExit):  # one or the other
+        parse(base + ['--static-batch', '--dynamic-batch'])
+    req = dict(model='vmamba_tiny_s1l8', format='onnx', img_size=(32, 32), output='m.onnx')
+    assert (ExportRequest(**req).dynamic_batch, ExportRequest(**req).batch_size) == (True, 2)
+    assert ExportRequest(**req, dynamic_batch=False).batch_size == 1
+    assert ExportRequest(**req, dynamic_batch=False, batch_size=4).batch_size == 4
 
 
 @pytest.mark.parametrize('changes,message', [
     (dict(model='vmamba_tiny_s1l9'), 'unknown vssm model'),
     (dict(model='resnet18'), 'unknown vssm model'),  # a timm model, but not a vssm one
     (dict(dynamic_batch=True, batch_size=1), 'batch of at least 2'),
+    (dict(batch_size=1), '--static-batch'),  # dynamic by default
     (dict(format='aoti', output='m.onnx'), r'named \*\.pt2'),
     (dict(checkpoint='no_such_file.pth'), 'does not exist'),
     (dict(img_size=(16, 16)), 'at least 32x32'),  # below the model's total stride: found by the meta forward
@@ -234,11 +253,9 @@ def test_clear_errors_before_any_export(changes, message, tmp_path, monkeypatch)
         export_and_check(ExportRequest(**req))
 
 
-@pytest.mark.slow
 def test_aoti_package_runs_any_batch(tmp_path):
-    """AOTInductor on the CPU: a one-stage VMamba, compiled, loaded, run at batches 1 and 3. Marked slow (it
-    still runs in CI): inductor generates and compiles C++, 45 s on the 2 shared cores for this one-block model,
-    as long as the rest of the file together."""
+    """AOTInductor on the CPU: a one-stage VMamba, compiled, loaded, run at batches 1 and 3 (inductor generates
+    and compiles C++: 45 s on the 2 shared cores for this one-block model, as long as the rest of the file)."""
     model = timm.create_model('vmamba_tiny_s1l8', depths=(1,), dims=16, num_classes=10).eval()
     ep = export_program(model, torch.randn(2, 3, 16, 24), dynamic_batch=True)
     path = str(tmp_path / 'm.pt2')

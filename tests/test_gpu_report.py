@@ -1,4 +1,4 @@
-"""tools/gpu_report.py (the report of scripts/gpu_check.sh) on a made-up work folder: every test's outcome (from
+"""scripts/gpu_report.py (the report of scripts/gpu_check.sh) on a made-up work folder: every test's outcome (from
 junit, or from the -v log of a part stopped before pytest wrote junit), the goals' verdicts, every section, and
 what a dry run must have produced. Also the detection shape set of tools/benchmark_scan.py."""
 import csv
@@ -10,16 +10,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'vssm_tools_{name}', ROOT / 'tools' / f'{name}.py')
+def _load(folder, name):
+    spec = importlib.util.spec_from_file_location(f'vssm_{folder}_{name}', ROOT / folder / f'{name}.py')
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
+def _tool(name):
+    return _load('tools', name)
+
+
 @pytest.fixture(scope='module')
 def gpu_report():
-    return _tool('gpu_report')
+    return _load('scripts', 'gpu_report')  # harness code of scripts/gpu_check.sh, not a user tool
 
 
 def _write_csv(path, rows):

@@ -351,7 +351,7 @@ def test_grouped_reference_equals_four_separate_scans(H, W):
 def _require_grouped_backend(name):
     """Skip (with the reason) where the backend cannot run a grouped plan here."""
     if name == 'triton':
-        triton = pytest.importorskip('triton')
+        triton = pytest.importorskip('triton', reason='Triton is an optional dependency')
         if type(triton.language.zeros).__name__ != 'InterpretedFunction':
             pytest.skip('Triton was imported before TRITON_INTERPRET=1; run this file alone to use the interpreter')
     if name == 'cpu':

@@ -18,7 +18,8 @@ from vssm.ops.flops import count_flops
 
 from test_mixer1d import _bi_attn, _official_multi_mamba_middle_cls, _reverse, _scan  # official formulations
 
-SHARED_DIRECTIONS = Path(__file__).resolve().parents[2] / 'shared' / 'localmamba_directions.json'
+# the official direction lists (from the released configs), copied from ../shared into tests/data
+OFFICIAL_DIRECTIONS = Path(__file__).resolve().parent / 'data' / 'localmamba_directions.json'
 
 
 # ------------------------------------------------------------------------------------------ scan plans
@@ -58,9 +59,8 @@ def test_every_direction_inverts_on_non_square_maps(H, W):
     torch.testing.assert_close(column, x.view(2, 3, H, W).transpose(2, 3).reshape(2, 3, H * W))
 
 
-@pytest.mark.skipif(not SHARED_DIRECTIONS.exists(), reason='needs ../shared/localmamba_directions.json')
 def test_direction_lists_equal_the_official_ones():
-    official = json.loads(SHARED_DIRECTIONS.read_text())
+    official = json.loads(OFFICIAL_DIRECTIONS.read_text())
     for ours, theirs in (('local_vim_tiny', 'local_vim_tiny'), ('local_vim_small', 'local_vim_small'),
                          ('local_vmamba_tiny', 'local_vssm_tiny'), ('local_vmamba_small', 'local_vssm_small')):
         table = LOCAL_VIM_DIRECTIONS.get(ours) or LOCAL_VMAMBA_DIRECTIONS[ours]

@@ -4,53 +4,32 @@ import math
 import pytest
 import torch
 
+from scan_cases import PLANS, SCAN_NAMES, ScanCase, check_against_reference, make_scan_case
 from vssm.ops import (
     BACKEND_ENV, build_index, plan_scan_fast, plan_scan_reference, plan_selective_scan, selective_scan_fast,
     selective_scan_ref,
 )
 
-PLANS = {
-    'vmamba': ('h', 'v', 'h_flip', 'v_flip'),
-    'vim': ('h', 'h_flip'),
-    'windows': ('w2', 'w2_flip', 'w3', 'v_flip'),
-    'atrous': ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'),
-}
-NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
+NAMES = SCAN_NAMES[:8]
 
 
 def make_inputs(plan, Bt=2, Dm=3, N=4, H=5, W=7, dtype=torch.float64, seq_u=False, with_z=True, scale=0.5):
-    idx = build_index(plan, H, W)
-    K, Lk = idx.shape
-    L = H * W
-    u = torch.randn(Bt, K, Dm, Lk, dtype=dtype) if seq_u else torch.randn(Bt, Dm, L, dtype=dtype)
-    t = dict(
-        u=u,
-        delta=torch.randn(Bt, K, Dm, Lk, dtype=dtype) * scale,
-        A=-torch.rand(K * Dm, N, dtype=dtype) - 0.2,
-        B=torch.randn(Bt, K, N, Lk, dtype=dtype),
-        C=torch.randn(Bt, K, N, Lk, dtype=dtype),
-        D=torch.randn(K * Dm, dtype=dtype),
-        z=torch.randn(Bt, Dm, L, dtype=dtype) if with_z else None,
-        delta_bias=torch.randn(K * Dm, dtype=dtype) * 0.1,
-    )
-    return t, idx, L
+    """This file's default case (channel-first, full Δ) in the (inputs, index, length) form its tests use."""
+    case = make_scan_case(plan, H, W, batch=Bt, channels=Dm, d_state=N, seq_u=seq_u, with_z=with_z, dtype=dtype,
+                          delta_scale=scale)
+    return {n: case[n] for n in NAMES}, case.index, case.length  # full Δ: no delta_weight
+
+
+def _case(t, idx, L, merge):
+    return ScanCase(dict(t), idx, L, merge)
 
 
 def _call(fn, t, idx, L, merge):
-    return fn(*[t[n] for n in NAMES], index=idx, length=L, merge=merge)
-
-
-def _grads(fn, t, idx, L, merge, grad_out):
-    leaves = {n: (v.detach().clone().requires_grad_(True) if v is not None else None) for n, v in t.items()}
-    out = _call(fn, leaves, idx, L, merge)
-    out.backward(grad_out)
-    return out.detach(), {n: v.grad for n, v in leaves.items() if v is not None}
+    return _case(t, idx, L, merge).call(fn)
 
 
 def _cpu_kernel(*a, **k):
-    from vssm.ops.cpu_kernel import load_extension
-    if load_extension() is None:
-        pytest.skip('no C++ compiler: the fused CPU scan is not available')
+    _cpu_kernel_available()
     return plan_selective_scan(*a, **k, backend='cpu')
 
 
@@ -67,31 +46,18 @@ FLOAT32_BACKENDS = {'cpu': _cpu_kernel, 'fast': plan_scan_fast}
 @pytest.mark.parametrize('merge', ['sum', 'mean', 'none'])
 def test_float32_backend_matches_reference(backend, plan, merge):
     """float32 backends against the float64 oracle on the same inputs: values and gradients."""
-    t64, idx, L = make_inputs(PLANS[plan], Bt=1, H=7, W=5, seq_u=plan == 'vim', N=3)
-    t32 = {n: v.float() for n, v in t64.items()}
-    ref_out = _call(plan_scan_reference, t64, idx, L, merge)
-    grad_out = torch.randn_like(ref_out)
-    ref_out, ref_g = _grads(plan_scan_reference, t64, idx, L, merge, grad_out)
-    out, g = _grads(FLOAT32_BACKENDS[backend], t32, idx, L, merge, grad_out.float())
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)
-    for n in ref_g:
-        torch.testing.assert_close(g[n].double(), ref_g[n], rtol=1e-3, atol=1e-3, msg=f'gradient of {n}')
+    case = make_scan_case(PLANS[plan], 7, 5, channels=3, d_state=3, seq_u=plan == 'vim', merge=merge)
+    fn = FLOAT32_BACKENDS[backend]
+    check_against_reference(lambda c: c.call(fn), case.cast(torch.float32), tol=(1e-4, 1e-4), grad_tol=(1e-3, 1e-3))
 
 
 @pytest.mark.parametrize('backend', list(FAST_BACKENDS))
 @pytest.mark.parametrize('plan', list(PLANS))
 @pytest.mark.parametrize('merge', ['sum', 'mean', 'none'])
 def test_backend_matches_reference(backend, plan, merge):
-    seq_u = plan == 'vim'
-    t, idx, L = make_inputs(PLANS[plan], Bt=1, H=5, W=7, seq_u=seq_u)
-    ref_out = _call(plan_scan_reference, t, idx, L, merge)
-    grad_out = torch.randn_like(ref_out)
-    ref_out, ref_g = _grads(plan_scan_reference, t, idx, L, merge, grad_out)
-    out, g = _grads(FAST_BACKENDS[backend], t, idx, L, merge, grad_out)
-    torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
-    for n in ref_g:
-        torch.testing.assert_close(g[n], ref_g[n], rtol=1e-7, atol=1e-8, msg=f'gradient of {n}')
+    case = make_scan_case(PLANS[plan], 5, 7, channels=3, d_state=4, seq_u=plan == 'vim', merge=merge)
+    fn = FAST_BACKENDS[backend]
+    check_against_reference(lambda c: c.call(fn), case, tol=(1e-9, 1e-9), grad_tol=(1e-7, 1e-8))
 
 
 @pytest.mark.parametrize('plan', list(PLANS))
@@ -251,25 +217,6 @@ def _cpu_kernel_available():
 
 # ------------------------------------------------------------------ contract v2: low-rank Δ, grouped plans
 
-def _low_rank(t, R=2):
-    """Replace delta by a rank-R factor and a (K, D, R) weight whose product is a fresh Δ."""
-    Bt, K, Dm, Lk = t['delta'].shape
-    dtype = t['delta'].dtype
-    return dict(t, delta=torch.randn(Bt, K, R, Lk, dtype=dtype) * 0.5,
-                delta_weight=torch.randn(K, Dm, R, dtype=dtype) * 0.5)
-
-
-def _call_lr(fn, t, idx, L, merge):
-    return fn(*[t[n] for n in NAMES], index=idx, length=L, merge=merge, delta_weight=t.get('delta_weight'))
-
-
-def _grads_lr(fn, t, idx, L, merge, grad_out):
-    leaves = {n: (v.detach().clone().requires_grad_(True) if v is not None else None) for n, v in t.items()}
-    out = _call_lr(fn, leaves, idx, L, merge)
-    out.backward(grad_out)
-    return out.detach(), {n: v.grad for n, v in leaves.items() if v is not None}
-
-
 def _expanded_reference(*a, delta_weight, **k):
     from vssm.ops import expand_delta
     a = list(a)
@@ -288,29 +235,17 @@ LOW_RANK_BACKENDS = {
 @pytest.mark.parametrize('plan', ['vmamba', 'atrous', 'vim'])
 def test_low_rank_delta_matches_expanded_delta(backend, plan):
     """Δ given as (dts, weight) equals Δ = weight @ dts given in full: values and every gradient, float64."""
-    t, idx, L = make_inputs(PLANS[plan], Bt=2, H=5, W=3, seq_u=plan == 'vim')
-    t = _low_rank(t)
-    ref_out = _call_lr(_expanded_reference, t, idx, L, 'sum')
-    grad_out = torch.randn_like(ref_out)
-    ref_out, ref_g = _grads_lr(_expanded_reference, t, idx, L, 'sum', grad_out)
-    out, g = _grads_lr(LOW_RANK_BACKENDS[backend], t, idx, L, 'sum', grad_out)
-    torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
-    assert set(g) == set(ref_g) and 'delta_weight' in g
-    for n in ref_g:
-        torch.testing.assert_close(g[n], ref_g[n], rtol=1e-7, atol=1e-8, msg=f'gradient of {n}')
+    case = make_scan_case(PLANS[plan], 5, 3, batch=2, channels=3, d_state=4, rank=2, seq_u=plan == 'vim')
+    fn = LOW_RANK_BACKENDS[backend]
+    _, g = check_against_reference(lambda c: c.call(fn), case, tol=(1e-9, 1e-9), grad_tol=(1e-7, 1e-8),
+                                   oracle=_expanded_reference)
+    assert 'delta_weight' in g
 
 
 def test_low_rank_delta_on_the_cpu_kernel_float32():
-    t64, idx, L = make_inputs(PLANS['windows'], Bt=1, H=7, W=5, N=3)
-    t64 = _low_rank(t64, R=3)
-    t32 = {n: v.float() for n, v in t64.items()}
-    ref_out = _call_lr(_expanded_reference, t64, idx, L, 'sum')
-    grad_out = torch.randn_like(ref_out)
-    ref_out, ref_g = _grads_lr(_expanded_reference, t64, idx, L, 'sum', grad_out)
-    out, g = _grads_lr(_cpu_kernel, t32, idx, L, 'sum', grad_out.float())
-    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)
-    for n in ref_g:
-        torch.testing.assert_close(g[n].double(), ref_g[n], rtol=1e-3, atol=1e-3, msg=f'gradient of {n}')
+    case = make_scan_case(PLANS['windows'], 7, 5, channels=3, d_state=3, rank=3)
+    check_against_reference(lambda c: c.call(_cpu_kernel), case.cast(torch.float32), tol=(1e-4, 1e-4),
+                            grad_tol=(1e-3, 1e-3), oracle=_expanded_reference)
 
 
 def _grouped_by_hand(t, plan, H, W):
@@ -343,15 +278,9 @@ def test_grouped_plan_is_one_direction_per_channel_group(backend, H, W):
 
 
 def test_grouped_plan_gradients_match_reference():
-    plan = ('h', 'v', 'h_flip', 'v_flip')
-    t, idx, L = make_inputs(plan, Bt=1, Dm=2, H=3, W=5)
-    t = dict(t, u=torch.randn(1, 8, L, dtype=torch.float64), z=torch.randn(1, 8, L, dtype=torch.float64))
-    grad_out = torch.randn(1, 8, L, dtype=torch.float64)
-    ref_out, ref_g = _grads(plan_scan_reference, t, idx, L, 'group', grad_out)
-    out, g = _grads(lambda *a, **k: plan_selective_scan(*a, **k, backend='fast'), t, idx, L, 'group', grad_out)
-    torch.testing.assert_close(out, ref_out)
-    for n in ref_g:
-        torch.testing.assert_close(g[n], ref_g[n], rtol=1e-7, atol=1e-8, msg=f'gradient of {n}')
+    case = make_scan_case(PLANS['vmamba'], 3, 5, channels=2, d_state=4, merge='group')
+    assert case['u'].shape == (1, 8, 15)
+    check_against_reference('fast', case, tol=(1e-7, 1e-7), grad_tol=(1e-7, 1e-8))
 
 
 def test_grouped_plan_shape_errors():

@@ -1,12 +1,17 @@
-"""Malformed inputs thrown at plan_selective_scan on every CPU backend: each case gives a ValueError
-(vssm.ops.ScanInputError, or the index validator's) or a result, never a crash or another exception.
+"""Malformed and odd-but-valid inputs thrown at plan_selective_scan on every CPU backend.
 
-Cases are small valid scans with one thing broken (seeded, so a failure names a case that can be rerun):
-wrong shapes, dtypes, devices, non-tensor arguments, index values out of range / repeated / of the wrong dtype,
-odd strides (non-contiguous, zero-stride expanded, transposed and sliced views), empty tensors, NaN / inf
-values, bad length or merge. A result must equal the reference's on the same inputs (values where all are
-finite, else the same finite / non-finite pattern: NaN / inf in, NaN / inf out is correct). The 'cpu'
-(C++) backend runs in a subprocess, so a segfault or abort fails the test instead of killing pytest.
+Malformed: each case gives a ValueError (vssm.ops.ScanInputError, or the index validator's) or a result, never a
+crash or another exception. Cases are small valid scans with one thing broken (seeded, so a failure names a case
+that can be rerun): wrong shapes, dtypes, devices, non-tensor arguments, index values out of range / repeated /
+of the wrong dtype, odd strides (non-contiguous, zero-stride expanded, transposed and sliced views), empty
+tensors, NaN / inf values, bad length or merge. A result must equal the reference's on the same inputs (values
+where all are finite, else the same finite / non-finite pattern: NaN / inf in, NaN / inf out is correct).
+
+Must succeed: valid inputs in odd forms (map sizes down to 1 x 1, channel counts across vector widths, every
+float dtype and autocast's mix, the models' layouts, re-strided views of the tensors and the index) must give a
+finite output equal to the reference's; here a ValueError is a failure like any other exception.
+
+The 'cpu' (C++) backend runs in a subprocess, so a segfault or abort fails the test instead of killing pytest.
 """
 import json
 import os
@@ -18,12 +23,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from scan_cases import ScanCase, check_against_reference, make_scan_case
 from vssm.ops import build_index, plan_selective_scan
 
 PLANS = [('h', 'v', 'h_flip', 'v_flip'), ('h', 'h_flip'), ('w2', 'w2_flip', 'v'),
          ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'), ('h',)]
 FLOAT_ARGS = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias', 'delta_weight')
 CASES_PER_BACKEND = 300
+VALID_CASES_PER_BACKEND = 150
 
 
 def _base_case(rng: random.Random, grouped: bool):
@@ -31,31 +38,14 @@ def _base_case(rng: random.Random, grouped: bool):
     plan = rng.choice(PLANS)
     H, W = rng.randint(1, 4), rng.randint(1, 4)
     index = build_index(plan, H, W).clone()  # a fresh tensor: mutations never touch the plan cache
-    K, Lk = index.shape
-    L = H * W
-    Bt, Dm, N, R = rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 2)
     merge = rng.choice(['sum', 'mean', 'none'] + (['group'] if grouped else []))
-    dt = rng.choice([torch.float32, torch.float64])
-    low_rank = rng.random() < 0.3
-    map_ch = K * Dm if merge == 'group' else Dm
-    seq_u = merge != 'group' and rng.random() < 0.3
-    g = torch.Generator().manual_seed(rng.randrange(2 ** 31))
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=dt)
-
-    case = dict(
-        u=randn(Bt, K, Dm, Lk) if seq_u else randn(Bt, map_ch, L),
-        delta=randn(Bt, K, R if low_rank else Dm, Lk) * 0.5,
-        A=-torch.rand(K * Dm, N, generator=g, dtype=dt) - 0.2,
-        B=randn(Bt, K, N, Lk), C=randn(Bt, K, N, Lk),
-        D=randn(K * Dm) if rng.random() < 0.7 else None,
-        z=randn(Bt, map_ch, L) if rng.random() < 0.5 else None,
-        delta_bias=randn(K * Dm) * 0.1 if rng.random() < 0.7 else None,
-        delta_weight=randn(K, Dm, R) * 0.5 if low_rank else None,
-        index=index, length=L, merge=merge,
-    )
-    return case
+    case = make_scan_case(
+        plan, H, W, batch=rng.randint(1, 2), channels=rng.randint(1, 3), d_state=rng.randint(1, 3),
+        rank=rng.randint(1, 2) if rng.random() < 0.3 else 0, merge=merge,
+        seq_u=merge != 'group' and rng.random() < 0.3, with_z=rng.random() < 0.5, with_D=rng.random() < 0.7,
+        with_delta_bias=rng.random() < 0.7, dtype=rng.choice([torch.float32, torch.float64]), index=index,
+        generator=torch.Generator().manual_seed(rng.randrange(2 ** 31)))
+    return dict(case.inputs, index=case.index, length=case.length, merge=merge)
 
 
 def _present(case, rng, names=FLOAT_ARGS):
@@ -260,19 +250,99 @@ def run_cases(backend: str, seed: int, n: int, verbose: bool = False):
     return failures
 
 
+# ----------------------------------------------------- must succeed: valid inputs in odd sizes, layouts, dtypes
+
+# (activations, parameters): one dtype throughout, or 16-bit activations beside float32 parameters (autocast)
+VALID_DTYPES = [(torch.float32, None), (torch.float64, None), (torch.float16, None), (torch.bfloat16, None),
+                (torch.float16, torch.float32), (torch.bfloat16, torch.float32)]
+# the reference runs in float64 on the same rounded values: what is left is the backend's arithmetic and the
+# rounding of its output to the activations' dtype
+VALID_TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-4), torch.float16: (5e-3, 5e-3),
+             torch.bfloat16: (2e-2, 2e-2)}
+VALID_PLANS = PLANS + [('w2', 'w2_flip', 'w3', 'w3_flip'), ('v_flip',)]
+RESTRIDES = ('sliced', 'offset', 'expanded', 'transposed', 'channel_last')
+
+
+def _restride(t: torch.Tensor, how: str):
+    """(the same values in another memory layout, the layout made); 'expanded' gives other valid values with a
+    zero stride along dim 0. A layout the tensor's shape does not allow falls back to 'sliced'."""
+    if how == 'offset':  # a view at a storage offset into a larger buffer
+        return torch.empty(t.numel() + 3, dtype=t.dtype)[3:].view(t.shape).copy_(t), how
+    if how == 'expanded' and t.shape[0] > 1:
+        return t[:1].expand(t.shape), how
+    if how == 'transposed' and t.dim() >= 2:
+        return t.transpose(-2, -1).contiguous().transpose(-2, -1), how
+    if how == 'channel_last' and t.dim() >= 3:
+        return t.transpose(1, -1).contiguous().transpose(1, -1), how
+    # every other element of a buffer twice the size
+    return torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0], 'sliced'
+
+
+def _valid_case(rng: random.Random, grouped: bool):
+    """A valid call in an unusual form: odd map sizes (1 x n included), channel counts across vector widths,
+    model layouts (channel-last views, slices of one projection) and 1-3 tensors (the index too) re-strided."""
+    plan = rng.choice(VALID_PLANS)
+    H, W = rng.choice([1, 2, 3, 5, 7]), rng.choice([1, 2, 3, 5, 7])
+    merge = rng.choice(['sum', 'mean', 'none'] + (['group'] if grouped else []))
+    dtype, params = rng.choice(VALID_DTYPES)
+    layout = rng.choice(['contiguous', 'channel_last', 'projection'])
+    case = make_scan_case(
+        plan, H, W, batch=rng.randint(1, 3), channels=rng.choice([1, 2, 3, 5, 17]),
+        d_state=rng.choice([1, 2, 3, 16]), rank=rng.choice([0, 0, 1, 2, 3]), merge=merge,
+        seq_u=merge != 'group' and rng.random() < 0.25, with_z=rng.random() < 0.6, with_D=rng.random() < 0.8,
+        with_delta_bias=rng.random() < 0.8, channel_last=layout == 'channel_last',
+        projection=layout == 'projection', dtype=dtype, param_dtype=params,
+        generator=torch.Generator().manual_seed(rng.randrange(2 ** 31)))
+    changes = []
+    for name in rng.sample(case.present() + ['index'], rng.randint(1, 3)):
+        if name == 'index':
+            index, how = _restride(case.index, rng.choice(RESTRIDES))
+            case = ScanCase(case.inputs, index, case.length, case.merge)
+        else:
+            t, how = _restride(case[name], rng.choice(RESTRIDES))
+            case = case.with_inputs(**{name: t})
+        changes.append(f'{name} {how}')
+    what = (f'{plan} {H}x{W} {merge} {layout} {dtype} params {params or dtype} '
+            f'shapes u{tuple(case["u"].shape)} delta{tuple(case["delta"].shape)} A{tuple(case["A"].shape)}; '
+            + ', '.join(changes))
+    return case, what
+
+
+def run_valid_cases(backend: str, seed: int, n: int, verbose: bool = False):
+    """Run n seeded valid cases; each must give a finite output equal to the reference's. Returns failures."""
+    rng = random.Random(seed)
+    failures = []
+    for i in range(n):
+        case, what = _valid_case(rng, grouped=True)
+        if verbose:
+            print(f'case {i}: {what}', flush=True)
+        try:
+            check_against_reference(backend, case, grads=False, finite=True, tol=VALID_TOL[case['u'].dtype])
+        except Exception as e:  # noqa: BLE001 (a valid input: any exception, ValueError included, is a failure)
+            failures.append(f'valid case {i} ({what}): {type(e).__name__}: {str(e)[:300]}')
+    return failures
+
+
 @pytest.mark.parametrize('backend', ['reference', 'fast'])
 def test_fuzz_python_backends(backend):
     failures = run_cases(backend, seed=13, n=CASES_PER_BACKEND)
     assert not failures, '\n'.join(failures[:20])
 
 
-def test_fuzz_cpu_kernel_in_a_subprocess():
+@pytest.mark.parametrize('backend', ['reference', 'fast'])
+def test_valid_inputs_succeed_python_backends(backend):
+    failures = run_valid_cases(backend, seed=29, n=VALID_CASES_PER_BACKEND)
+    assert not failures, '\n'.join(failures[:20])
+
+
+def _cpu_kernel_in_a_subprocess(runner: str, seed: int, n: int):
+    """runner('cpu', seed, n) of this module in a fresh process: a segfault or abort fails the test."""
     from vssm.ops.cpu_kernel import load_extension
     if load_extension() is None:
         pytest.skip('no C++ compiler: the fused CPU scan is not available')
     here = Path(__file__).resolve().parent
     code = ('import json, sys, torch; torch.set_num_threads(1); import test_scan_fuzz as f; '
-            f'print("FAILURES " + json.dumps(f.run_cases("cpu", seed=13, n={CASES_PER_BACKEND}, verbose=True)))')
+            f'print("FAILURES " + json.dumps(f.{runner}("cpu", seed={seed}, n={n}, verbose=True)))')
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), str(here.parent), os.environ.get('PYTHONPATH', '')]))
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300)
     last = [ln for ln in proc.stdout.splitlines() if ln.startswith('case ')][-1:] or ['(no case started)']
@@ -280,3 +350,11 @@ def test_fuzz_cpu_kernel_in_a_subprocess():
                                   f'{proc.stderr[-2000:]}')
     failures = json.loads(proc.stdout.rsplit('FAILURES ', 1)[1])
     assert not failures, '\n'.join(failures[:20])
+
+
+def test_fuzz_cpu_kernel_in_a_subprocess():
+    _cpu_kernel_in_a_subprocess('run_cases', seed=13, n=CASES_PER_BACKEND)
+
+
+def test_valid_inputs_succeed_cpu_kernel_in_a_subprocess():
+    _cpu_kernel_in_a_subprocess('run_valid_cases', seed=29, n=VALID_CASES_PER_BACKEND)

@@ -1,6 +1,7 @@
-"""tools/benchmark.py, tools/erf.py and tools/convert_checkpoint.py on tiny models: they run and write what they
+"""tools/benchmark.py, tools/benchmark_cpu_kernel.py, tools/erf.py and tools/convert_checkpoint.py on tiny models: they run and write what they
 promise (CSV / JSON / PNG of the expected size), and conversions round-trip exactly."""
 import csv
+import gzip
 import importlib.util
 import json
 import re
@@ -14,7 +15,7 @@ import torch
 import vssm  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFICIAL_KEYS = Path(__file__).resolve().parent / 'data' / 'vmamba_tiny_s1l8.official_keys.txt'
+OFFICIAL_KEYS = Path(__file__).resolve().parent / 'data' / 'vmamba_tiny_s1l8.official_keys.txt.gz'
 TINY_KW = ['--model-kwargs', 'depths=(1,1,1,1)', 'dims=16']
 
 
@@ -33,6 +34,40 @@ def _png_size(path):
 
 # ------------------------------------------------------------------------------------------- benchmark
 
+def test_timing_statistic_is_median_min_max(monkeypatch):
+    """vssm/tools_common/timing.py on a scripted clock: each call timed alone, warm-up calls not counted,
+    min_time adds runs, the median is the figure."""
+    from vssm.tools_common import timing
+    ticks = iter([0.0, 0.003, 1.0, 1.001, 2.0, 2.010, 3.0, 3.002, 4.0, 4.004])  # calls of 3, 1, 10, 2, 4 ms
+    monkeypatch.setitem(timing.CLOCKS, 'wall', lambda: next(ticks))
+    calls = []
+    t = timing.time_calls(lambda: calls.append(1), runs=3, warmup=2)
+    assert len(calls) == 5 and t.runs == 3
+    assert (t.median, t.min, t.max) == pytest.approx((0.003, 0.001, 0.010))
+    assert t.fields('step_ms') == {'step_ms': 3.0, 'step_ms_min': 1.0, 'step_ms_max': 10.0}
+    ticks = iter([0.0, 0.003, 1.0, 1.001, 2.0, 2.010, 3.0, 3.002, 4.0, 4.004])
+    t = timing.time_calls(lambda: None, runs=1, warmup=0, min_time=0.0155)  # 3 + 1 + 10 + 2 ms > 15.5 ms
+    assert t.runs == 4 and t.median == pytest.approx(0.0025)
+    with pytest.raises(ValueError, match='runs must be at least 1'):
+        timing.time_calls(lambda: None, runs=0)
+    with pytest.raises(ValueError, match='clock must be one of'):
+        timing.time_calls(lambda: None, runs=1, clock='gpu')
+
+
+def test_benchmark_cpu_kernel_reads_layer_shapes_from_the_model():
+    """The CPU scan benchmark's shapes come from a meta-device forward: VMamba-T's four stages at 224x224
+    (d_inner = dim, rank ceil(dim / 16), d_state 1), with how many blocks each; then one tiny timed run."""
+    bench = _tool('benchmark_cpu_kernel')
+    layers = bench.model_scan_layers('vmamba_tiny_s1l8', 224)
+    assert [(s.channels, s.H, s.W, s.rank, s.d_state, s.count) for s in layers] == [
+        (96, 56, 56, 6, 1, 2), (192, 28, 28, 12, 1, 2), (384, 14, 14, 24, 1, 8), (768, 7, 7, 48, 1, 2)]
+    assert bench.model_scan_layers('efficient_vmamba_tiny', 64)[0].directions[0] == 'a2_00_h'
+    from vssm.ops.cpu_kernel import load_extension
+    if load_extension() is None:
+        pytest.skip('no C++ compiler: the fused CPU scan is not available')
+    rows = bench.main(['--img-size', '32', '--batch', '1', '--iters', '1'])
+    assert len(rows) == 4 and all(r['fwd_ms_min'] <= r['fwd_ms'] <= r['fwd_ms_max'] for r in rows)
+
 def test_benchmark_writes_timm_fields_csv_json_and_plot(tmp_path):
     bench = _tool('benchmark')
     common = ['--model', 'vmamba_tiny_s1l8', *TINY_KW, '--device', 'cpu', '--num-threads', '1', '-b', '2',
@@ -44,8 +79,14 @@ def test_benchmark_writes_timm_fields_csv_json_and_plot(tmp_path):
         got = list(csv.DictReader(f))
     for field in ('model', 'param_count', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size',
                   'infer_img_size', 'infer_gmacs', 'infer_peak_mem_mb', 'train_samples_per_sec', 'train_step_time',
-                  'train_batch_size', 'train_img_size', 'scan_backend'):
+                  'train_batch_size', 'train_img_size', 'scan_backend', 'infer_step_time_min', 'infer_step_time_max',
+                  'train_step_time_min', 'train_step_time_max'):
         assert field in got[0], field
+    for r in got:  # the shared statistic: the median between min and max, img/s from the median
+        for kind in ('infer', 'train'):
+            lo, mid, hi = (float(r[f'{kind}_step_time{s}']) for s in ('_min', '', '_max'))
+            assert lo <= mid <= hi
+            assert float(r[f'{kind}_samples_per_sec']) == pytest.approx(2 / (mid / 1e3), rel=2e-3)
     assert [int(r['infer_img_size']) for r in got] == [32, 64]
     assert all(float(r['infer_samples_per_sec']) > 0 and float(r['train_samples_per_sec']) > 0 for r in got)
     # FLOPs (scan counted) grow with the pixels: x4 from 32 to 64, less the fixed-size classifier
@@ -108,7 +149,7 @@ def test_erf_two_models_images_from_a_folder_and_a_checkpoint(tmp_path):
 
 def _official_state_dict():
     sd = {}
-    for line in OFFICIAL_KEYS.read_text().splitlines():
+    for line in gzip.decompress(OFFICIAL_KEYS.read_bytes()).decode().splitlines():
         key, shape = line.split('\t')
         sd[key] = torch.randn(tuple(int(s) for s in re.findall(r'\d+', shape)))
     return sd
@@ -212,25 +253,17 @@ def test_convert_is_generic_over_families(name, tmp_path):
 
 def _official_layouts():
     """(model, model kwargs, official-layout state_dict) per family, from the families' own test helpers."""
-    cases = []
-    try:
-        from test_vim import official_vim_state_dict
-        cases.append(('vim_tiny', ['embed_dim=32', 'depth=2'], official_vim_state_dict(32, depth=2, device='cpu')))
-    except ImportError:
-        pass
-    try:
-        from test_localmamba import official_local_vim_state_dict, official_local_vmamba_state_dict
-        cases.append(('local_vmamba_tiny', [], official_local_vmamba_state_dict((2, 2, 9, 2), device='cpu')))
-        params, buffers = official_local_vim_state_dict(192, device='cpu')
-        cases.append(('local_vim_tiny', [], {**params, **buffers}))
-    except ImportError:
-        pass
-    try:
-        from test_efficient_vmamba import CONFIGS, official_state_dict
-        cases.append(('efficient_vmamba_tiny', [], official_state_dict(**CONFIGS['efficient_vmamba_tiny'])))
-    except ImportError:
-        pass
-    return cases
+    # the families' test modules sit beside this one: a failing import is a failure, not a smaller test
+    from test_efficient_vmamba import CONFIGS, official_state_dict
+    from test_localmamba import official_local_vim_state_dict, official_local_vmamba_state_dict
+    from test_vim import official_vim_state_dict
+    params, buffers = official_local_vim_state_dict(192, device='cpu')
+    return [
+        ('vim_tiny', ['embed_dim=32', 'depth=2'], official_vim_state_dict(32, depth=2, device='cpu')),
+        ('local_vmamba_tiny', [], official_local_vmamba_state_dict((2, 2, 9, 2), device='cpu')),
+        ('local_vim_tiny', [], {**params, **buffers}),
+        ('efficient_vmamba_tiny', [], official_state_dict(**CONFIGS['efficient_vmamba_tiny'])),
+    ]
 
 
 def test_convert_official_layouts_of_the_other_families(tmp_path):

@@ -17,8 +17,12 @@ import pytest
 import torch
 
 os.environ['TRITON_INTERPRET'] = '1'  # takes effect only if Triton is not imported yet in this process
-triton = pytest.importorskip('triton')
+triton = pytest.importorskip('triton', reason='Triton is an optional dependency (torch ships it on Linux CUDA builds)')
 
+from scan_cases import (  # noqa: E402
+    ATROUS, VIM, VMAMBA, WINDOWS, backend_runner, check_against_reference, make_scan_case,
+    reference_with_grads, run_with_grads,
+)
 from vssm.ops import _triton_schedule, build_index, plan_scan_reference, plan_selective_scan  # noqa: E402
 from vssm.ops import scan_cost, triton_scan  # noqa: E402
 
@@ -29,94 +33,34 @@ INTERPRETED = type(triton.language.zeros).__name__ == 'InterpretedFunction'
 interpreted = pytest.mark.skipif(not INTERPRETED, reason='Triton was imported before TRITON_INTERPRET=1 was set; '
                                                          'run by test_interpreted_tests_in_subprocess')
 
-NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias', 'delta_weight')
-VMAMBA = ('h', 'v', 'h_flip', 'v_flip')
-VIM = ('h', 'h_flip')
-WINDOWS = ('w2', 'w2_flip', 'w3', 'w3_flip')
-ATROUS = ('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v')
 # mamba_ssm's tests/ops/test_selective_scan.py: (rtol, atol) for outputs; gradients get the same
 # multipliers it uses (u x2, delta x5 / x10, weights rtolw / atolw x5)
 TOL = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
 
 
-def make_inputs(plan, Bt, Dm, N, H, W, *, rank=2, merge='sum', seq_u=False, with_z=True, channel_last=True,
-                dtype=torch.float32, device='cpu', mamba_init=False, index=None):
-    """Random inputs in the op's shapes, laid out as the models produce them: u / z channel-last views,
-    Δ's factor, B and C strided slices of one (B, K, Lk, R + 2N) projection; ``rank`` 0 gives full Δ."""
-    idx = build_index(plan, H, W, device) if index is None else index.to(device)
-    K, Lk = idx.shape
-    L = H * W
-    ch = K * Dm if merge == 'group' else Dm
-    kw = dict(device=device, dtype=dtype)
-    f32 = dict(device=device, dtype=torch.float32)  # parameters stay float32, as in the models
-    if seq_u:
-        u = torch.randn(Bt, K, Lk, Dm, **kw).transpose(2, 3) if channel_last else torch.randn(Bt, K, Dm, Lk, **kw)
-    else:
-        u = torch.randn(Bt, L, ch, **kw).transpose(1, 2) if channel_last else torch.randn(Bt, ch, L, **kw)
-    z = (torch.randn(Bt, L, ch, **kw).transpose(1, 2) if channel_last else torch.randn(Bt, ch, L, **kw)) \
-        if with_z else None
-    R = rank
-    proj = torch.randn(Bt, K, Lk, R + 2 * N, **kw)
-    if mamba_init:  # mamba_ssm's test distribution, in the low-rank form
-        proj = proj * 0.5
-    if R:
-        delta = proj[..., :R].transpose(-1, -2)
-        weight = (torch.rand(K, Dm, R, **f32) * 2 - 1) * R ** -0.5  # dt_proj's init, U(+-R^-1/2)
-    else:
-        delta = 0.5 * torch.randn(Bt, K, Dm, Lk, **kw)
-        weight = None
-    B = proj[..., R:R + N].transpose(-1, -2)
-    C = proj[..., R + N:].transpose(-1, -2)
-    A = -0.5 * torch.rand(K * Dm, N, **f32) - 0.1 if mamba_init else -torch.rand(K * Dm, N, **f32) - 0.2
-    bias = 0.5 * torch.rand(K * Dm, **f32) if mamba_init else 0.1 * torch.randn(K * Dm, **f32)
-    t = dict(u=u, delta=delta, A=A, B=B, C=C, D=torch.randn(K * Dm, **f32), z=z, delta_bias=bias,
-             delta_weight=weight)
-    return t, idx, L
+def make_case(plan, Bt, Dm, N, H, W, *, rank=2, merge='sum', seq_u=False, with_z=True, channel_last=True,
+              dtype=torch.float32, device='cpu', mamba_init=False, index=None):
+    """This file's defaults: the models' layouts (u / z channel-last views, Δ's factor, B and C strided slices of
+    one (B, K, Lk, R + 2N) projection), float32 parameters; ``rank`` 0 gives full Δ."""
+    return make_scan_case(plan, H, W, batch=Bt, channels=Dm, d_state=N, rank=rank, merge=merge, seq_u=seq_u,
+                          with_z=with_z, channel_last=channel_last, projection=True, dtype=dtype,
+                          param_dtype=torch.float32, device=device, mamba_init=mamba_init, index=index)
 
 
-def _leaves(t, dtype=None):
-    out = {}
-    for n, v in t.items():
-        out[n] = None if v is None else (v.detach().to(dtype) if dtype is not None else v.detach()).requires_grad_(True)
-    return out
-
-
-def _call(fn, leaves, idx, L, merge, **kw):
-    return fn(*[leaves[n] for n in NAMES[:8]], index=idx, length=L, merge=merge, delta_weight=leaves['delta_weight'],
-              **kw)
-
-
-def reference_and_grads(t, idx, L, merge, grad_seed=1):
+def reference_and_grads(case):
     """float64 reference output, a fixed output gradient and the reference input gradients."""
-    leaves = _leaves(t, torch.float64)
-    out = _call(plan_scan_reference, leaves, idx, L, merge)
-    g = torch.Generator(device='cpu').manual_seed(grad_seed)
-    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device)
-    out.backward(grad_out)
-    return out.detach(), grad_out, {n: v.grad for n, v in leaves.items() if v is not None}
+    return reference_with_grads(case, grad_seed=1)
 
 
-def triton_and_grads(t, idx, L, merge, grad_out):
-    """Through the public entry point (custom op + autograd), forced onto the triton backend. autograd.grad
-    returns the gradients as the op made them (.grad of a non-dense leaf would be made contiguous)."""
-    leaves = _leaves(t)
-    out = _call(plan_selective_scan, leaves, idx, L, merge, backend='triton')
-    present = [n for n in NAMES if leaves[n] is not None]
-    grads = torch.autograd.grad(out, [leaves[n] for n in present], grad_out.to(out.dtype))
-    return out.detach(), dict(zip(present, grads))
+def triton_and_grads(case, grad_out):
+    """Through the public entry point (custom op + autograd), forced onto the triton backend."""
+    return run_with_grads(backend_runner('triton'), case, grad_out)
 
 
-def check_against_reference(t, idx, L, merge, rtol=2e-5, atol=2e-5):
-    ref, grad_out, ref_g = reference_and_grads(t, idx, L, merge)
-    out, g = triton_and_grads(t, idx, L, merge, grad_out)
-    assert out.dtype == t['u'].dtype and out.shape == ref.shape
-    assert out.transpose(-1, -2).is_contiguous(), 'the output is channel-last'
-    torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
-    assert set(g) == set(ref_g), 'every input that is given gets a gradient'
-    for n in ref_g:
-        assert g[n].shape == t[n].shape and g[n].dtype == t[n].dtype, n
-        assert g[n].stride() == torch.empty_like(t[n]).stride(), f'd{n} is written in its input layout'
-        torch.testing.assert_close(g[n].double(), ref_g[n], rtol=rtol, atol=atol, msg=lambda m: f'd{n}: {m}')
+def check_triton(case, rtol=2e-5, atol=2e-5):
+    """Output and every gradient against the reference, in the inputs' layouts; the workspace the kernels
+    allocated is the cost model's."""
+    check_against_reference('triton', case, tol=(rtol, atol), layouts=True)
     _check_workspace_matches_cost_model()
 
 
@@ -164,26 +108,25 @@ CPU_CASES = [
 @pytest.mark.parametrize('case', CPU_CASES, ids=[c[0] for c in CPU_CASES])
 def test_matches_reference_interpreted(case):
     _, plan, H, W, Bt, Dm, N, R, opts, merge, cfg = case
-    t, idx, L = make_inputs(plan, Bt, Dm, N, H, W, rank=R, merge=merge, **opts)
+    case = make_case(plan, Bt, Dm, N, H, W, rank=R, merge=merge, **opts)
     with triton_scan.config(block_t=16, **cfg):
-        check_against_reference(t, idx, L, merge)
+        check_triton(case)
 
 
 @interpreted
 def test_index_map_with_uncovered_positions_interpreted():
     """A direction run that skips map positions: float32 scratch accumulator, finished outside the kernels."""
     idx = _partial_index()
-    t, idx, L = make_inputs(VMAMBA, 1, 3, 2, 3, 5, index=idx)
+    case = make_case(VMAMBA, 1, 3, 2, 3, 5, index=idx)
     with triton_scan.config(block_t=16):
-        check_against_reference(t, idx, L, 'sum')
+        check_triton(case)
     assert triton_scan.last_plan['forward'].out_acc == _triton_schedule.ACC_SCRATCH
 
 
 @interpreted
 def test_default_config_interpreted():
     """A 15x17 map (255 positions) with the default block sizes and schedule."""
-    t, idx, L = make_inputs(VMAMBA, 1, 3, 1, 15, 17, rank=2, with_z=False)
-    check_against_reference(t, idx, L, 'sum')
+    check_triton(make_case(VMAMBA, 1, 3, 1, 15, 17, rank=2, with_z=False))
 
 
 def _rounded_like_kernel(x: torch.Tensor, dtype) -> torch.Tensor:
@@ -200,14 +143,14 @@ def test_low_precision_is_float32_rounded_interpreted(dtype, merge):
     """16-bit inputs: the output and every gradient equal, bit for bit, the float32 kernels' results on the same
     (rounded) values, rounded to the dtype: the 16-bit accumulators (the two halves of float32 bits) add exactly
     in float32. And within mamba_ssm's tolerances of the float64 reference."""
-    t, idx, L = make_inputs(VMAMBA, 1, 3, 2, 3, 7, merge=merge, dtype=dtype)
-    ref, grad_out, ref_g = reference_and_grads(t, idx, L, merge)
+    case = make_case(VMAMBA, 1, 3, 2, 3, 7, merge=merge, dtype=dtype)
+    t = case.inputs
+    ref, grad_out, ref_g = reference_and_grads(case)
     grad_out = grad_out.to(dtype).double()  # the gradient the 16-bit run sees
-    t32 = {n: (v.float() if v is not None else None) for n, v in t.items()}
     with triton_scan.config(block_t=16, segments=2):
-        out, g = triton_and_grads(t, idx, L, merge, grad_out)
+        out, g = triton_and_grads(case, grad_out)
         _check_workspace_matches_cost_model()
-        out32, g32 = triton_and_grads(t32, idx, L, merge, grad_out)
+        out32, g32 = triton_and_grads(case.cast(torch.float32), grad_out)
     assert out.dtype == dtype and torch.equal(out, _rounded_like_kernel(out32, dtype))
     for n in g:
         assert g[n].dtype == t[n].dtype, n
@@ -222,22 +165,21 @@ def test_low_precision_is_float32_rounded_interpreted(dtype, merge):
 @interpreted
 def test_deterministic_run_to_run_interpreted():
     """Bitwise-equal forward and every gradient across repeated calls (several runs, segments, work groups)."""
-    t, idx, L = make_inputs(VMAMBA, 1, 3, 2, 3, 7, rank=2)
-    grad_out = torch.randn(1, 3, L, dtype=torch.float64)
+    case = make_case(VMAMBA, 1, 3, 2, 3, 7, rank=2)
+    grad_out = torch.randn(1, 3, case.length, dtype=torch.float64)
     with triton_scan.config(block_t=16, segments=2, param_groups=2):
-        first = triton_and_grads(t, idx, L, 'sum', grad_out)
-        second = triton_and_grads(t, idx, L, 'sum', grad_out)
+        first = triton_and_grads(case, grad_out)
+        second = triton_and_grads(case, grad_out)
     assert torch.equal(first[0], second[0])
     for n in first[1]:
         assert torch.equal(first[1][n], second[1][n]), n
 
 
 def test_float64_falls_back_to_reference():
-    t, idx, L = make_inputs(VIM, 1, 2, 2, 1, 5, rank=2, dtype=torch.float64)
-    t = {n: (v.double() if v is not None else None) for n, v in t.items()}
-    out = _call(triton_scan.triton_plan_scan, t, idx, L, 'mean')
+    case = make_case(VIM, 1, 2, 2, 1, 5, rank=2, merge='mean', dtype=torch.float64).cast(torch.float64)
+    out = case.call(triton_scan.triton_plan_scan)
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, _call(plan_scan_reference, t, idx, L, 'mean'))
+    torch.testing.assert_close(out, case.call(plan_scan_reference))
 
 
 def test_supports_only_cuda_or_interpreter(monkeypatch):
@@ -397,7 +339,7 @@ _AOT_SCRIPT = textwrap.dedent('''
 def test_kernels_compile_for_sm90():
     """Ahead-of-time compilation down to a cubin (Triton's bundled ptxas), no GPU needed: catches what the
     interpreter lets through (types of loop-carried values, layouts, unsupported ops); no register spills."""
-    pytest.importorskip('triton.backends.nvidia.compiler')
+    pytest.importorskip('triton.backends.nvidia.compiler', reason="this Triton has no NVIDIA backend to compile for")
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     proc = subprocess.run([sys.executable, '-c', _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     if 'ptxas' in proc.stderr and 'not found' in proc.stderr:
@@ -431,10 +373,10 @@ GPU_CASES = [(s, dt) for s in GPU_SHAPES for dt in s[-1]]
 def test_gpu_matches_reference(shape, dtype):
     _, plan, H, W, Bt, Dm, N, R, opts, merge, _ = shape
     torch.manual_seed(0)
-    t, idx, L = make_inputs(plan, Bt, Dm, N, H, W, rank=R, merge=merge, dtype=dtype, device='cuda', mamba_init=True,
-                            **opts)
-    ref, grad_out, ref_g = reference_and_grads(t, idx, L, merge)
-    out, g = triton_and_grads(t, idx, L, merge, grad_out)
+    case = make_case(plan, Bt, Dm, N, H, W, rank=R, merge=merge, dtype=dtype, device='cuda', mamba_init=True, **opts)
+    t = case.inputs
+    ref, grad_out, ref_g = reference_and_grads(case)
+    out, g = triton_and_grads(case, grad_out)
     rtol, atol = TOL[dtype]
     rtolw, atolw = max(1e-3, rtol), max(1e-3, atol)
     torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
@@ -452,12 +394,12 @@ def test_gpu_matches_reference(shape, dtype):
 
 @pytest.mark.gpu
 def test_gpu_deterministic_and_default_dispatch():
-    t, idx, L = make_inputs(VMAMBA, 4, 192, 1, 28, 28, rank=12, with_z=False, device='cuda', dtype=torch.bfloat16,
-                            mamba_init=True)
-    leaves = _leaves(t)
+    case = make_case(VMAMBA, 4, 192, 1, 28, 28, rank=12, with_z=False, device='cuda', dtype=torch.bfloat16,
+                     mamba_init=True)
+    leaves = {n: (v.detach().requires_grad_(True) if v is not None else None) for n, v in case.inputs.items()}
     runs = []
     for _ in range(2):
-        out = _call(plan_selective_scan, leaves, idx, L, 'sum')  # CUDA tensors pick the triton backend
+        out = case.call(plan_selective_scan, leaves)  # CUDA tensors pick the triton backend
         wanted = [v for v in leaves.values() if v is not None]
         runs.append((out.detach(), torch.autograd.grad(out, wanted, torch.ones_like(out))))
     assert torch.equal(runs[0][0], runs[1][0])

@@ -10,6 +10,8 @@
 
 Result fields follow timm's benchmark.py (infer_samples_per_sec, infer_step_time, infer_batch_size,
 infer_img_size, infer_gmacs, param_count, train_samples_per_sec, ...) plus peak memory and the scan backend.
+Every step is timed on its own: the step time is the median (img/s follows from it), with its min and max
+beside it (infer_step_time_min / _max), the statistic of every benchmark tool (vssm/tools_common/timing.py).
 FLOPs: multiply-adds as fvcore counts them (the papers' "FLOPs"), with the scan counted by vssm.ops.flops.
 Peak memory: torch.cuda.max_memory_allocated on GPU; on CPU the peak resident set (Linux VmHWM, reset
 before each measurement) above the resident set just before it.
@@ -23,7 +25,6 @@ import math
 import os
 import re
 import sys
-import time
 from contextlib import nullcontext
 from typing import Dict, List, Optional
 
@@ -35,6 +36,8 @@ import torch  # noqa: E402
 import timm  # noqa: E402
 import vssm  # noqa: F401,E402
 from timm.utils import ParseKwargs  # noqa: E402
+
+from vssm.tools_common.timing import CLOCKS, Timing, time_calls  # noqa: E402
 
 PRECISIONS = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--num-bench-iter', type=int, default=10)
     p.add_argument('--min-bench-time', type=float, default=0.0,
                    help='keep timing past --num-bench-iter until this many seconds have passed')
-    p.add_argument('--timer', default='wall', choices=['wall', 'process'],
+    p.add_argument('--timer', default='wall', choices=sorted(CLOCKS),
                    help="'process' = this process's CPU time: steadier on a shared machine (CPU, 1 thread)")
     p.add_argument('--channels-last', action='store_true', default=False)
     p.add_argument('--grad-checkpointing', action='store_true', default=False)
@@ -156,23 +159,10 @@ def create(name: str, img_size: int, args, device, dtype):
     return model
 
 
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step, args, device) -> float:
-    """Mean seconds per call of step() after warm-up."""
-    for _ in range(args.num_warm_iter):
-        step()
-    _sync(device)
-    clock = time.process_time if args.timer == 'process' else time.perf_counter
-    n, t0 = 0, clock()
-    while n < args.num_bench_iter or clock() - t0 < args.min_bench_time:
-        step()
-        n += 1
-    _sync(device)
-    return (clock() - t0) / n
+def time_steps(step, args, device) -> Timing:
+    """Seconds per call of step() after warm-up: median, min and max (vssm.tools_common.timing)."""
+    return time_calls(step, runs=args.num_bench_iter, warmup=args.num_warm_iter, min_time=args.min_bench_time,
+                      device=device, clock=args.timer)
 
 
 def bench_one(name: str, img_size: int, args, device) -> Dict:
@@ -199,7 +189,7 @@ def bench_one(name: str, img_size: int, args, device) -> Dict:
                 run(x)
         with PeakMemory(device) as mem:
             step = time_steps(infer, args, device)
-        row.update(infer_samples_per_sec=round(args.batch_size / step, 2), infer_step_time=round(step * 1000, 3),
+        row.update(infer_samples_per_sec=round(args.batch_size / step.median, 2), **step.fields('infer_step_time'),
                    infer_batch_size=args.batch_size, infer_img_size=img_size, infer_peak_mem_mb=round(mem.mb, 1))
 
     if args.bench in ('train', 'both'):
@@ -215,7 +205,7 @@ def bench_one(name: str, img_size: int, args, device) -> Dict:
             opt.zero_grad(set_to_none=True)
         with PeakMemory(device) as mem:
             step = time_steps(train, args, device)
-        row.update(train_samples_per_sec=round(args.batch_size / step, 2), train_step_time=round(step * 1000, 3),
+        row.update(train_samples_per_sec=round(args.batch_size / step.median, 2), **step.fields('train_step_time'),
                    train_batch_size=args.batch_size, train_img_size=img_size, train_peak_mem_mb=round(mem.mb, 1))
     del model, run, x
     gc.collect()

@@ -5,8 +5,8 @@
         --img-size 224 --num-threads 1 --repeats 5 --results-file export_bench.json --plot export_bench.png
 
 Each model is exported once (ONNX and pt2, dynamic batch, vssm.deploy) and both runtimes time the same random
-batch: one warm-up run, then the best of --repeats timed runs (the best, because other jobs share the
-machine). Eager PyTorch runs the default scan backend (the fused C++ CPU kernel when it builds); both runtimes
+batch: one warm-up run, then --repeats timed runs: the median is the figure (img/s), min and max are kept
+beside it (eager_ms, eager_ms_min, eager_ms_max, ...; vssm/tools_common/timing.py). Eager PyTorch runs the default scan backend (the fused C++ CPU kernel when it builds); both runtimes
 get --num-threads intra-op threads. Writes JSON or CSV rows and a PNG of img/s against batch size.
 """
 import argparse
@@ -17,7 +17,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from datetime import date
 from typing import Dict, List
 
@@ -33,6 +32,7 @@ from vssm.deploy import (  # noqa: E402
     save_artifact,
 )
 from vssm.ops import default_backend  # noqa: E402
+from vssm.tools_common.timing import Timing, time_calls  # noqa: E402
 
 _logger = logging.getLogger('vssm.benchmark_export')
 
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', '-b', type=int, nargs='+', default=[1, 8])
     p.add_argument('--img-size', type=int, nargs='+', default=[224], metavar=('H', 'W'))
     p.add_argument('--num-threads', type=int, default=1, help='intra-op threads of both runtimes')
-    p.add_argument('--repeats', type=int, default=5, help='timed runs per measurement (the best is kept)')
+    p.add_argument('--repeats', type=int, default=5,
+                   help='timed runs per measurement (the median is the figure, min and max are kept beside it)')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
     p.add_argument('--out-dir', default=None, help='keep the exported files here (default: a temporary folder)')
     p.add_argument('--results-file', default='', help='.json or .csv')
@@ -52,14 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def best_seconds(fn, x, repeats: int) -> float:
-    fn(x)  # warm-up: allocations, onnxruntime's first-run planning
-    best = float('inf')
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(x)
-        best = min(best, time.perf_counter() - t)
-    return best
+def time_runtime(fn, x, repeats: int) -> Timing:
+    # one warm-up call: allocations, onnxruntime's first-run planning
+    return time_calls(lambda: fn(x), runs=repeats, warmup=1)
 
 
 def bench_model(name: str, args, out_dir: str) -> List[Dict]:
@@ -81,12 +77,13 @@ def bench_model(name: str, args, out_dir: str) -> List[Dict]:
         x = example_input(req, b, seed=b)
         with torch.no_grad():
             eager = lambda t: model(t)  # noqa: E731
-            t_eager = best_seconds(eager, x, args.repeats)
-            t_ort = best_seconds(ort_run, x, args.repeats)
+            t_eager = time_runtime(eager, x, args.repeats)
+            t_ort = time_runtime(ort_run, x, args.repeats)
             max_abs, max_rel = max_differences([model(x)], ort_run(x))
         row = dict(model=name, batch_size=b, img_size=f'{img[0]}x{img[1]}', num_threads=args.num_threads,
-                   param_count=params, eager_img_s=b / t_eager, onnxruntime_img_s=b / t_ort,
-                   speedup=t_eager / t_ort, max_abs_diff=max_abs, max_rel_diff=max_rel,
+                   param_count=params, eager_img_s=b / t_eager.median, onnxruntime_img_s=b / t_ort.median,
+                   **t_eager.fields('eager_ms'), **t_ort.fields('onnxruntime_ms'),
+                   speedup=t_eager.median / t_ort.median, max_abs_diff=max_abs, max_rel_diff=max_rel,
                    eager_scan_backend=default_backend('cpu'), **sizes)
         _logger.info('%s batch %d: eager %.2f img/s, onnxruntime %.2f img/s (x%.2f), max rel diff %.1e',
                      name, b, row['eager_img_s'], row['onnxruntime_img_s'], row['speedup'], max_rel)
@@ -123,7 +120,7 @@ def plot(rows: List[Dict], path: str, title: str) -> None:
         for name in dict.fromkeys(r['model'] for r in rows):
             mine = [r for r in rows if r['model'] == name]
             series[f'{name}, {runtime}'] = ([r['batch_size'] for r in mine], [r[key] for r in mine])
-    plot_xy_series(series, path, 'batch size', 'img/s (best of repeats)', title=title)
+    plot_xy_series(series, path, 'batch size', 'img/s (median of repeats)', title=title)
 
 
 def main(argv=None) -> List[Dict]:

@@ -31,7 +31,6 @@ import argparse
 import csv
 import dataclasses
 import math
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -46,6 +45,7 @@ if str(ROOT) not in sys.path:
 
 from vssm.ops import build_index, cross_merge, cross_scan, expand_delta, plan_selective_scan  # noqa: E402
 from vssm.ops.scan_cost import format_cost_table, layer_cost  # noqa: E402
+from vssm.tools_common.timing import time_calls  # noqa: E402
 
 NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
 
@@ -302,24 +302,8 @@ def _sync(device):
 
 
 def time_ms(fn, device, warmup: int, iters: int) -> float:
-    """Median milliseconds per call (CUDA events on GPU, perf_counter on CPU)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds per call (CUDA events on GPU, perf_counter on CPU): vssm/tools_common/timing.py."""
+    return time_calls(fn, runs=iters, warmup=warmup, device=device).ms
 
 
 def copy_bandwidth(device, nbytes: int, warmup: int, iters: int) -> float:
@@ -359,6 +343,11 @@ class Row:
     model_bwd_passes: int
     model_programs_fwd: int
     model_workspace_ratio: float
+    # the spread of the timed calls (fwd_ms and fwd_bwd_ms are their medians)
+    fwd_ms_min: float = math.nan
+    fwd_ms_max: float = math.nan
+    fwd_bwd_ms_min: float = math.nan
+    fwd_bwd_ms_max: float = math.nan
 
 
 def shape_cost(shape: LayerShape, batch: int, dtype, low_rank: bool, n_sm: int):
@@ -377,7 +366,7 @@ def bench_layer(shape: LayerShape, impl: str, batch: int, dtype, device, warmup:
         last['out'] = fn(t, idx, L, shape)
 
     with torch.no_grad():
-        fwd = time_ms(forward, device, warmup, max(iters, 1))
+        fwd_t = time_calls(forward, runs=max(iters, 1), warmup=warmup, device=device)
     grad = torch.randn_like(last.pop('out'))
     tg, _, _ = make_inputs(shape, batch, dtype, device, requires_grad=True, low_rank=low_rank)
     leaves = [v for v in tg.values() if v is not None]
@@ -386,7 +375,8 @@ def bench_layer(shape: LayerShape, impl: str, batch: int, dtype, device, warmup:
         out = fn(tg, idx, L, shape)
         torch.autograd.grad(out, leaves, grad)
 
-    fb = time_ms(step, device, warmup, iters)
+    fb_t = time_calls(step, runs=max(iters, 1), warmup=warmup, device=device)
+    fwd, fb = fwd_t.ms, fb_t.ms
     fwd_bytes = fused_min_bytes(shape, batch, dtype, backward=False, low_rank=low_rank)
     fb_bytes = fused_min_bytes(shape, batch, dtype, backward=True, low_rank=low_rank)
     cost = shape_cost(shape, batch, dtype, low_rank, n_sm)
@@ -402,6 +392,8 @@ def bench_layer(shape: LayerShape, impl: str, batch: int, dtype, device, warmup:
         model_fwd_bytes=cost.fwd_bytes, model_bwd_bytes=cost.bwd_bytes, model_fwd_passes=cost.fwd_passes,
         model_bwd_passes=cost.bwd_passes, model_programs_fwd=cost.programs['forward'],
         model_workspace_ratio=cost.workspace_ratio,
+        fwd_ms_min=fwd_t.min * 1e3, fwd_ms_max=fwd_t.max * 1e3, fwd_bwd_ms_min=fb_t.min * 1e3,
+        fwd_bwd_ms_max=fb_t.max * 1e3,
     )
 
 

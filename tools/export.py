@@ -4,14 +4,15 @@
     # ONNX, weights from a checkpoint, checked in onnxruntime against eager PyTorch
     python tools/export.py --model vmamba_tiny_s1l8 --checkpoint vmamba_tiny_s1l8.pth --format onnx \
         --img-size 224 --output vmamba_tiny_s1l8.onnx --check
-    # a detection backbone (features_only), non-square input, any batch size
+    # a detection backbone (features_only), non-square input, a fixed batch of 2
     python tools/export.py --model efficient_vmamba_tiny --features-only --format pt2 --img-size 512 640 \
-        --batch-size 2 --dynamic-batch --output evm_backbone.pt2 --check
+        --static-batch --batch-size 2 --output evm_backbone.pt2 --check
     # AOTInductor (compiles C++; minutes on a CPU)
     python tools/export.py --model vim_tiny --format aoti --img-size 224 --output vim_tiny_aoti.pt2 --check
 
-The image size is fixed per export (the scan's index maps and loop lengths follow from it); the batch is fixed
-at --batch-size unless --dynamic-batch. --check prints the largest absolute and relative (over the largest
+The image size is fixed per export (the scan's index maps and loop lengths follow from it); the batch is
+dynamic (1 to 4096, traced at --batch-size, default 2), as timm's ONNX exporter makes it, unless --static-batch
+fixes it at --batch-size (default 1). --check prints the largest absolute and relative (over the largest
 eager output) difference from eager PyTorch on random input. Any checkpoint that timm's
 ``pretrained_cfg_overlay=dict(file=...)`` loads works (official layouts included, see README).
 """
@@ -38,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--format', required=True, choices=FORMATS)
     p.add_argument('--img-size', type=int, nargs='+', required=True, metavar=('H', 'W'),
                    help='input size, fixed per export: H (square) or H W')
-    p.add_argument('--batch-size', '-b', type=int, default=1, help='example batch (the batch when not dynamic)')
-    p.add_argument('--dynamic-batch', action='store_true', help='any batch size at run time (export at >= 2)')
+    p.add_argument('--batch-size', '-b', type=int, default=None,
+                   help='example batch (default 2); with --static-batch the only batch (default 1)')
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument('--static-batch', dest='dynamic_batch', action='store_false',
+                       help='fix the batch at --batch-size (default: any batch from 1 to 4096 at run time)')
+    batch.add_argument('--dynamic-batch', dest='dynamic_batch', action='store_true',
+                       help='any batch at run time (the default; kept for existing scripts)')
+    p.set_defaults(dynamic_batch=True)
     p.add_argument('--features-only', action='store_true', help='export the features_only backbone')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                    help='extra model constructor args, e.g. depths="(1,1,1,1)" dims=16 num_classes=10')
@@ -60,7 +67,7 @@ def main(argv=None) -> dict:
                         features_only=args.features_only, model_kwargs=dict(args.model_kwargs))
     result = export_and_check(req, check=args.check, num_threads=args.num_threads)
     print(f"{result['model']} -> {result['output']} ({result['format']}, {img_size[0]}x{img_size[1]}, "
-          f"batch {'dynamic, example ' if args.dynamic_batch else ''}{args.batch_size}): "
+          f"batch {'dynamic, example ' if req.dynamic_batch else ''}{req.batch_size}): "
           f"{result['size_mb']:.1f} MB in {result['export_s']:.0f} s")
     for c in result.get('checks', []):
         runner = {'onnx': 'onnxruntime', 'pt2': 'ExportedProgram', 'aoti': 'AOTInductor'}[args.format]

@@ -3,8 +3,9 @@ AOTInductor package, and a check of the artifact against eager PyTorch.
 
 While ``torch.export`` traces, the scan runs as standard ops (``vssm.ops.export_scan``), so the ONNX file
 needs no custom-op domain in onnxruntime. The image size is fixed per export (the scan's index maps and loop
-lengths follow from it; any H x W, non-square included); the batch dimension is dynamic with
-``dynamic_batch=True``. ``tools/export.py`` is the command line over this module.
+lengths follow from it; any H x W, non-square included); the batch dimension is dynamic by default, as timm's
+ONNX exporter makes it (traced at an example batch of 2; ``dynamic_batch=False`` fixes it at ``batch_size``).
+``tools/export.py`` is the command line over this module.
 
 Everything a request can get wrong is checked by ``check_request`` and ``build_model`` (a meta-device build
 and forward) before weights load or any export starts.
@@ -39,15 +40,21 @@ class ExportConfigError(ValueError):
 
 @dataclass
 class ExportRequest:
+    """What to export. batch_size: the example batch (default 2 with a dynamic batch, torch.export fixes a
+    dimension traced at 1) and, with ``dynamic_batch=False``, the only batch the artifact runs (default 1)."""
     model: str
     format: str
     img_size: Tuple[int, int]
     output: str
     checkpoint: Optional[str] = None
-    batch_size: int = 1
-    dynamic_batch: bool = False
+    batch_size: Optional[int] = None
+    dynamic_batch: bool = True
     features_only: bool = False
     model_kwargs: Dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.batch_size is None:
+            self.batch_size = 2 if self.dynamic_batch else 1
 
 
 def _is_vssm(name: str) -> bool:
@@ -78,8 +85,9 @@ def check_request(req: ExportRequest) -> None:
         raise ExportConfigError(f'batch size must be at least 1, got {req.batch_size}')
     if req.dynamic_batch and req.batch_size < 2:
         # torch.export specialises sizes 0 and 1: a batch-1 example would fix the batch at 1
-        raise ExportConfigError('--dynamic-batch needs an example batch of at least 2 (torch.export fixes a '
-                                'dimension traced at size 1); pass --batch-size 2 or more')
+        raise ExportConfigError('a dynamic batch needs an example batch of at least 2 (torch.export fixes a '
+                                'dimension traced at size 1); pass --batch-size 2 or more, or --static-batch '
+                                'for an artifact that runs at batch 1 only')
     if req.dynamic_batch and req.batch_size > MAX_DYNAMIC_BATCH:
         raise ExportConfigError(f'a dynamic batch is exported for 2..{MAX_DYNAMIC_BATCH}, got --batch-size '
                                 f'{req.batch_size}')
@@ -227,7 +235,8 @@ def export_and_check(req: ExportRequest, check: bool = False, num_threads: Optio
     _logger.info('wrote %s: %.1f MB in %.0f s', req.output, result['size_mb'], result['export_s'])
     if check:
         run = load_artifact(req.output, req.format, num_threads)
-        batches = [req.batch_size] + ([req.batch_size + 1] if req.dynamic_batch else [])
+        # a dynamic artifact at batch 1 (the size torch.export specialises), the example batch and one more
+        batches = sorted({1, req.batch_size, req.batch_size + 1}) if req.dynamic_batch else [req.batch_size]
         result['checks'] = []
         for b in batches:
             x = example_input(req, b, seed=1 + b)

@@ -19,14 +19,7 @@ from timm.layers import get_act_layer, register_notrace_module, trunc_normal_
 from .gates import ChannelGate
 from ..ops import DirectionPlan, VMAMBA_PLAN, cross_scan_rows, plan_selective_scan
 
-__all__ = ['SS2D', 'Linear2d', 'Permute', 'init_dt_bias', 'init_ssm_params', 'project_directions']
-
-
-class Linear2d(nn.Linear):
-    """A Linear applied over the channels of an NCHW map (a 1x1 conv that keeps the Linear weight shape)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+__all__ = ['SS2D', 'Permute', 'init_dt_bias', 'init_ssm_params', 'project_directions']
 
 
 class Permute(nn.Module):
@@ -162,7 +155,7 @@ class SS2D(nn.Module):
                 elif isinstance(m, nn.LayerNorm):
                     m.reset_parameters()
 
-    def ssm(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def ssm(self, x: torch.Tensor) -> torch.Tensor:
         """Scan the (B, D, H, W) map over the plan; returns the merged (B, D, H, W) map.
 
         Channels-last memory (what the depthwise conv gives for NHWC input) avoids every copy here: the
@@ -171,9 +164,7 @@ class SS2D(nn.Module):
         Bt, D, H, W = x.shape
         pad_h, pad_w = (-H) % self.pad_multiple, (-W) % self.pad_multiple
         if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-            z = None if z is None else F.pad(z, (0, pad_w, 0, pad_h))
-            return self.ssm(x, z)[..., :H, :W]
+            return self.ssm(F.pad(x, (0, pad_w, 0, pad_h)))[..., :H, :W]
         K, N, R = self.plan.num_directions, self.d_state, self.dt_rank
         L = H * W
         index = self.plan.index(H, W, x.device)
@@ -184,7 +175,7 @@ class SS2D(nn.Module):
         y = plan_selective_scan(
             x_cl.transpose(1, 2), dts.transpose(-1, -2), -torch.exp(self.A_logs.float()),
             Bs.transpose(-1, -2), Cs.transpose(-1, -2), self.Ds.float(),
-            z=None if z is None else z.flatten(2), delta_bias=self.dt_projs_bias.flatten().float(),
+            delta_bias=self.dt_projs_bias.flatten().float(),
             index=index, length=L, merge=self.plan.merge, delta_softplus=True, delta_weight=self.dt_projs_weight,
         )
         if self.direction_gate is not None:

@@ -204,54 +204,6 @@ def cpu_cost(s):
     return fwd, bwd
 
 
-# VMamba-T (s1l8) scan layers at 224x224: (stage, D, H = W, R); N = 1, K = 4
-_VMAMBA_T = (('stage 1', 96, 56, 6), ('stage 2', 192, 28, 12), ('stage 3', 384, 14, 24), ('stage 4', 768, 7, 48))
-
-
-def _bench(batch: int, threads: int, iters: int) -> None:
-    """python -m vssm.ops.cpu_kernel: times the cpu backend on VMamba-T's scan layers, with the cost model."""
-    from .plans import build_index, VMAMBA_PLAN
-    from .scan import plan_selective_scan
-    torch.set_num_threads(threads)
-    # process CPU time for one thread (steadier on a shared machine); wall time for several (idle OpenMP
-    # threads spin, which process time would count)
-    clock = time.process_time if threads == 1 else time.perf_counter
-    print(f'fused CPU scan ({extension_name()}), VMamba-T layers at 224x224, batch {batch}, {threads} thread(s), '
-          f'{"process CPU" if threads == 1 else "wall"} time, best of {iters}')
-    print('| layer | D | L | R | tasks | fwd ms | fwd+bwd ms | fwd ns / 16 ch-steps | min MB fwd | workspace MB |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
-    for stage, D, H, R in _VMAMBA_T:
-        L, K, N = H * H, 4, 1
-        idx = build_index(VMAMBA_PLAN.directions, H, H)
-        g = torch.Generator().manual_seed(0)
-        u = torch.randn(batch, L, D, generator=g).transpose(1, 2).requires_grad_(True)
-        x_dbl = torch.randn(batch, K, L, R + 2 * N, generator=g).requires_grad_(True)
-        dts, Bs, Cs = [t.transpose(-1, -2) for t in torch.split(x_dbl, [R, N, N], -1)]
-        A = -torch.rand(K * D, N, generator=g) - 0.5
-        Dv, bias = torch.randn(K * D, generator=g), torch.randn(K * D, generator=g) * 0.1
-        W = (torch.randn(K, D, R, generator=g) * R ** -0.5).requires_grad_(True)
-
-        def fwd():
-            return plan_selective_scan(u, dts, A, Bs, Cs, Dv, delta_bias=bias, index=idx, length=L, delta_weight=W,
-                                       backend='cpu')
-
-        def best(fn):
-            fn()
-            times = []
-            for _ in range(iters):
-                t0 = clock()
-                fn()
-                times.append(clock() - t0)
-            return min(times) * 1e3
-        with torch.no_grad():
-            f_ms = best(fwd)
-        fb_ms = best(lambda: fwd().backward(torch.ones(batch, L, D).transpose(1, 2)))
-        cost = cost_model(batch, K, D, L, L, N, R, train=True)
-        ns = f_ms * 1e6 / (batch * K * L * -(-D // 16))
-        print(f'| {stage} | {D} | {L} | {R} | {cost["forward_tasks"]} | {f_ms:.2f} | {fb_ms:.2f} | {ns:.1f} | '
-              f'{cost["forward_min_bytes"] / 1e6:.1f} | {cost["backward_workspace_bytes"] / 1e6:.2f} |')
-
-
 # ------------------------------------------------------------------------------------------ the backend
 
 _EMPTY = torch.empty(0)
@@ -353,12 +305,3 @@ register_backend(ScanBackend(
     cost=cpu_cost,
     capabilities=Capabilities(devices=frozenset({'cpu'}), dtypes=REDUCED_FLOAT_DTYPES, low_rank_delta=True)))
 
-
-if __name__ == '__main__':
-    import argparse
-    parser = argparse.ArgumentParser(description='time the fused CPU scan on VMamba-T layer shapes')
-    parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--iters', type=int, default=5)
-    cli = parser.parse_args()
-    _bench(cli.batch, cli.threads, cli.iters)

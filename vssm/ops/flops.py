@@ -8,7 +8,7 @@ z gate. A multiply-add counts as one FLOP (fvcore's convention, the one the pape
 The SSD scan (``vssm::plan_ssd``, Mamba-2) is counted as its chunked form computes it (``ssd_flops``): mostly
 matmuls, so the count follows the chunk length T as well as the state size N.
 """
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 
@@ -125,9 +125,3 @@ def flop_count_table(model: torch.nn.Module, input_size: Tuple[int, ...] = (3, 2
         return _table(_analysis(model, input_size), max_depth=max_depth)
     finally:
         model.train(was_training)
-
-
-def flops_by_operator(model: torch.nn.Module, input_size: Tuple[int, ...] = (3, 224, 224)) -> Dict[str, int]:
-    """FLOPs split by operator kind (conv, linear, einsum, vssm::plan_scan, ...)."""
-    with torch.no_grad():
-        return dict(_analysis(model, input_size).by_operator())

@@ -232,9 +232,6 @@ class DirectionPlan:
             x = x.view(x.shape[0], self.num_directions, -1, x.shape[-1])
         return cross_scan(x, self.index(H, W, x.device))
 
-    def unscan(self, y: torch.Tensor, H: int, W: int, merge: str = None) -> torch.Tensor:
-        return cross_merge(y, self.index(H, W, y.device), H * W, merge or self.merge)
-
     def __repr__(self):
         return f'DirectionPlan({list(self.directions)}, merge={self.merge!r})'
 
@@ -249,6 +246,8 @@ VMAMBA_PLAN = DirectionPlan(('h', 'v', 'h_flip', 'v_flip'), 'sum')
 VIM_PLAN = DirectionPlan(('h', 'h_flip'), 'mean')
 # GroupMamba: four channel groups, each scanned along one direction
 GROUPED_PLAN = DirectionPlan(('h', 'v', 'h_flip', 'v_flip'), 'group')
+# EfficientVMamba: the four dilation-2 phases are disjoint and cover the map, so 'sum' gives each position exactly
+# one direction's output (a scatter; tests/test_ops_plans.py checks the cover)
 EFFICIENT_VMAMBA_PLAN = DirectionPlan(('a2_00_h', 'a2_10_v', 'a2_01_h', 'a2_11_v'), 'sum')
 
 

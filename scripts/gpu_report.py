@@ -2,8 +2,8 @@
 """The report of scripts/gpu_check.sh: environment, part status, build, every GPU test, scan and model figures,
 and the issue's goals with pass/fail, as one markdown file plus CSVs and a PNG.
 
-    python tools/gpu_report.py env --output env.json              # device, driver, versions, date (JSON)
-    python tools/gpu_report.py report --work WORK --out OUT [--dry-run]
+    python scripts/gpu_report.py env --output env.json            # device, driver, versions, date (JSON)
+    python scripts/gpu_report.py report --work WORK --out OUT [--dry-run]
 
 ``report`` reads what gpu_check.sh left in WORK (parts.tsv, logs/, junit_<part>.xml, scan_<set>.csv,
 models_<run>.csv, env.json; a test part stopped before pytest wrote its junit file is read from its -v log) and
