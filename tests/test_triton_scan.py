@@ -175,9 +175,13 @@ def test_deterministic_run_to_run_interpreted():
         assert torch.equal(first[1][n], second[1][n]), n
 
 
-def test_float64_falls_back_to_reference():
+def test_float64_is_not_a_triton_capability():
+    """The kernels compute in float32: float64 calls go to the PyTorch paths, and naming 'triton' says why not."""
+    from vssm.ops import UnsupportedScanError, plan_selective_scan
     case = make_case(VIM, 1, 2, 2, 1, 5, rank=2, merge='mean', dtype=torch.float64).cast(torch.float64)
-    out = case.call(triton_scan.triton_plan_scan)
+    with pytest.raises(UnsupportedScanError, match="'triton' cannot run this call: it lacks dtype torch.float64"):
+        case.call(plan_selective_scan, backend='triton')
+    out = case.call(plan_selective_scan)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, case.call(plan_scan_reference))
 
