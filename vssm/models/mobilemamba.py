@@ -146,7 +146,7 @@ class MobileMambaSS2D(SS2D):
         dd = {'device': device, 'dtype': dtype}
         # channel-first projections and norm in place of SS2D's channel-last Linear / LayerNorm
         self.in_proj = ConvBN(dim, 2 * self.d_inner, **dd)
-        self.out_norm = LayerNorm2d(self.d_inner, **dd)
+        self.out_norm = LayerNorm2d(self.d_inner, eps=1e-5, **dd)  # nn.LayerNorm default, as official
         self.out_proj = ConvBN(self.d_inner, dim, **dd)
 
     @torch.no_grad()
@@ -596,7 +596,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_mobilemamba(variant: str, pretrained: bool = False, **kwargs) -> MobileMamba:
-    if pretrained and not kwargs.get('pretrained_cfg_overlay', {}).get('file'):
+    given = [kwargs.get('pretrained_cfg_overlay'), kwargs.get('pretrained_cfg')]
+    if pretrained and not any(isinstance(c, dict) and (c.get('file') or c.get('state_dict')) for c in given):
         raise ValueError(f'{variant}: the official MobileMamba weights are on Google Drive only (no URL timm can '
                          f'fetch); download net_E.pth / net.pth and pass pretrained_cfg_overlay=dict(file=...)')
     return build_model_with_cfg(
