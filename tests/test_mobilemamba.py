@@ -311,15 +311,17 @@ def test_wavelet_branch_rebuilds_its_filters():
 # ----------------------------------------------------------------------------- batch and fusion
 
 def test_batch_of_two_equals_two_batches_of_one():
-    """The official CPU fallback mixes samples across the batch; ours (as the GPU kernel) does not."""
+    """The official CPU fallback mixes samples across the batch; ours (as the GPU kernel) does not: one SS2D
+    branch and the whole model at batch 2 equal two batch-1 runs."""
     torch.manual_seed(0)
+    ssm = WaveletSSMBranch(32, 3).ssm.eval()
+    x = torch.randn(2, 32, 5, 7)
     model = _randomise_bn(timm.create_model('mobilemamba_t2', **TINY).eval())
-    x = torch.randn(2, 3, 80, 112)
+    img = torch.randn(2, 3, 80, 112)
     with torch.no_grad():
-        both = model.forward_features(x)
-        each = torch.cat([model.forward_features(x[:1]), model.forward_features(x[1:])])
-        torch.testing.assert_close(model(x), torch.cat([model(x[:1]), model(x[1:])]), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(both, each, rtol=1e-5, atol=1e-5)
+        both, each = ssm(x), torch.cat([ssm(x[:1]), ssm(x[1:])])
+        torch.testing.assert_close(model(img), torch.cat([model(img[:1]), model(img[1:])]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both, each, rtol=1e-5, atol=1e-6)
     assert (both[0] - both[1]).abs().max() > 0.1  # the two samples do differ
 
 
