@@ -396,7 +396,7 @@ class MobileMamba(nn.Module):
             self.feature_info.append(dict(num_chs=dims[i], reduction=stride, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = dims[-1]
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head = BNLinear(self.num_features, num_classes, drop=drop_rate, **dd) if num_classes > 0 \
             else nn.Identity()
 
@@ -437,7 +437,7 @@ class MobileMamba(nn.Module):
         dd = get_device_dtype(self)
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_hidden_size = self.num_features
         self.head = BNLinear(self.num_features, num_classes, drop=self.drop_rate, **dd) if num_classes > 0 \
             else nn.Identity()
