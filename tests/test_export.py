@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from timm.utils.model import reparameterize_model
 
 import vssm  # noqa: F401  (registers the models)
 from vssm.deploy import (
@@ -38,7 +39,11 @@ FAMILIES = {
     'efficient_vmamba': ('efficient_vmamba_tiny', dict(depths=(1, 1, 1), dims=16)),  # 2 EVSS + 1 inverted residual
     # grouped scan, channel-affinity gate, class-token block, distillation head (mean in eval)
     'groupmamba': ('groupmamba_tiny', dict(depths=(1, 1), dims=(16, 32), mlp_ratios=2, stem_hidden_dim=8)),
+    # channel-first K=2 SS2D, Haar wavelet convs, SE; exported fused (timm's reparameterize_model)
+    'mobilemamba': ('mobilemamba_t2', dict(dims=(32, 48), depths=(1, 1), global_ratios=(.8, .7),
+                                           local_ratios=(.2, .2), kernel_sizes=(5, 3))),
 }
+FUSED = {'mobilemamba'}  # families exported after reparameterize_model (Conv-BN folded), as deployed
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +138,8 @@ def test_linear_recurrence_is_exact_and_finite_where_closed_forms_overflow():
 
 def _model(family):
     name, kwargs = FAMILIES[family]
-    return timm.create_model(name, num_classes=10, **kwargs).eval()
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    return reparameterize_model(model) if family in FUSED else model
 
 
 @pytest.fixture(scope='module', params=sorted(FAMILIES))
