@@ -19,13 +19,14 @@ from .base import HierarchicalBackbone, TimmBackboneBase
 from .vmamba import VMambaBackbone
 from .efficient_vmamba import EfficientVMambaBackbone
 from .groupmamba import GroupMambaBackbone
+from .mobilemamba import MobileMambaBackbone
 from .localmamba import LocalVimBackbone, LocalVMambaBackbone
 from .plain import PlainBackbone
 from .vim import VimBackbone
 
 __all__ = [
     'MODELS', 'TimmBackboneBase', 'HierarchicalBackbone', 'PlainBackbone', 'VMambaBackbone',
-    'EfficientVMambaBackbone', 'GroupMambaBackbone', 'LocalVMambaBackbone', 'LocalVimBackbone', 'VimBackbone',
+    'EfficientVMambaBackbone', 'GroupMambaBackbone', 'MobileMambaBackbone', 'LocalVMambaBackbone', 'LocalVimBackbone', 'VimBackbone',
     'load_checkpoint_file', 'patch_mmengine_checkpoint_loader',
 ]
 

@@ -41,6 +41,8 @@ def tiny_backbone_overrides(backbone_cfg: Dict) -> Dict:
         if kind == 'LocalVMamba':
             out['directions'] = [_SCAN] * 4
         return out
+    if kind == 'MobileMamba':  # three stages at strides 16, 32, 64
+        return dict(depths=(1, 1, 1), dims=(16, 24, 32))
     if kind in ('Vim', 'LocalVim'):
         taps = len(backbone_cfg.get('out_indices', (-1,)))
         depth = max(2, taps)
