@@ -18,7 +18,6 @@ EfficientNet-B0 77.1 (paper); LocalVim-T 76.2 (paper).
 import argparse
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -103,7 +102,8 @@ def markdown(rows: List[Dict], batch_sizes, threads: int) -> str:
     mm = [r for r in rows if r['model'].startswith('mobilemamba')]
     for b in batch_sizes:
         on = [LABELS.get(r['model'], r['model']) for r in mm if r[f'pareto_b{b}']]
-        lines.append(f'\nbatch {b}: MobileMamba on the Pareto front: {len(on)} of {len(mm)} ({", ".join(on) or "none"})')
+        lines.append(f'\nbatch {b}: MobileMamba on the Pareto front: {len(on)} of {len(mm)} '
+                     f'({", ".join(on) or "none"})')
     return '\n'.join(lines) + '\n'
 
 

@@ -261,7 +261,7 @@ def _official_params_of(mixer):
     out = {}
     for key in _official_shapes('mobilemamba_t2'):
         if key.startswith(official):
-            mapped = _remap_official_key(key, (1, 2, 2))
+            mapped = _remap_official_key(key)
             out[key[len(official):]] = ours[mapped[len('stages.1.blocks.0.mixer.m.'):]]
     return out
 
@@ -372,3 +372,14 @@ def test_kd_recipe_trains_through_train_py(tmp_path):
         losses = [float(r['loss']) for r in csv.DictReader(f)]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses), losses
     assert math.isfinite(result['eval']['loss'])
+
+
+def test_export_request_reparameterizes():
+    """tools/export.py --reparameterize: the model handed to torch.export has no BatchNorm left."""
+    from vssm.deploy import ExportRequest, build_model
+    req = ExportRequest(model='mobilemamba_t2', format='pt2', img_size=(64, 96), output='unused.pt2',
+                        model_kwargs=dict(TINY), reparameterize=True)
+    model = build_model(req)
+    assert not [n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    unfused = build_model(ExportRequest(**{**req.__dict__, 'reparameterize': False}))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfused.modules())

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, LayerNorm2d, SelectAdaptivePool2d, SqueezeExcite, calculate_drop_path_rates, get_device_dtype,
-    trunc_normal_,
+    register_notrace_module, trunc_normal_,
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -187,6 +187,7 @@ def haar_filters(channels: int, device=None) -> Tuple[torch.Tensor, torch.Tensor
     return filters, filters.clone()
 
 
+@register_notrace_module  # shape-dependent padding and scan plans: one leaf for timm's FX feature extraction
 class WaveletSSMBranch(nn.Module):
     """The global branch: base_scale * SS2D(x) + IWT(wavelet_scale * DWConv_k(WT(x))).
 
@@ -370,7 +371,8 @@ class MobileMamba(nn.Module):
             raise ValueError(f'dims {dims}, depths {depths}, global_ratios {global_ratios}, local_ratios '
                              f'{local_ratios} and kernel_sizes {kernel_sizes} need one entry per stage')
         if dims[0] % 8:
-            raise ValueError(f'the stem widens to dims[0] / 8, / 4, / 2: dims[0] must be a multiple of 8, got {dims[0]}')
+            raise ValueError(f'the stem widens to dims[0] / 8, / 4, / 2: dims[0] must be a multiple of 8, got '
+                             f'{dims[0]}')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -514,7 +516,8 @@ _RENAMES = (
 )
 
 
-def _remap_official_key(k: str, depths: Tuple[int, ...]) -> str:
+def _remap_official_key(k: str) -> str:
+    """blocks{i}.{j} -> stages (stage i > 1: j < 3 are the downsample's parts, then the blocks); module names."""
     if k.startswith('patch_embed.'):
         k = 'stem.' + k[len('patch_embed.'):]
     elif k.startswith('blocks'):
@@ -533,10 +536,6 @@ def _remap_official_key(k: str, depths: Tuple[int, ...]) -> str:
     return k
 
 
-def _depths(model: MobileMamba) -> Tuple[int, ...]:
-    return tuple(len(s.blocks) for s in model.stages)
-
-
 def checkpoint_filter_fn(state_dict: Dict, model: MobileMamba) -> Dict[str, torch.Tensor]:
     """Official MobileMamba checkpoints -> vssm keys.
 
@@ -551,8 +550,7 @@ def checkpoint_filter_fn(state_dict: Dict, model: MobileMamba) -> Dict[str, torc
     if any(k.startswith('stages.') for k in state_dict):
         out = dict(state_dict)  # already ours
     else:
-        depths = _depths(model)
-        out = {_remap_official_key(k, depths): v for k, v in state_dict.items() if torch.is_tensor(v)}
+        out = {_remap_official_key(k): v for k, v in state_dict.items() if torch.is_tensor(v)}
     if not isinstance(model.head, BNLinear):
         out = {k: v for k, v in out.items() if not k.startswith('head.')}
     check_state_dict_matches(out, model, ignore=('head.linear.', 'stem.0.conv.'))
