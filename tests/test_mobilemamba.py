@@ -383,3 +383,20 @@ def test_export_request_reparameterizes():
     assert not [n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     unfused = build_model(ExportRequest(**{**req.__dict__, 'reparameterize': False}))
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfused.modules())
+
+
+def test_convert_tool_reads_the_trainer_file(tmp_path):
+    """tools/convert_checkpoint.py: the trainer's `net` by default, its EMA `net_E` with --use-ema."""
+    import importlib.util
+    tool = DATA.parents[1] / 'tools' / 'convert_checkpoint.py'
+    spec = importlib.util.spec_from_file_location('vssm_tools_convert_mm', tool)
+    conv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv)
+    net, ema = official_state_dict('mobilemamba_t2'), official_state_dict('mobilemamba_t2')
+    torch.save({'net': net, 'net_E': ema, 'optimizer': {}, 'total_time': 1.0}, tmp_path / 'ckpt.pth')
+    for extra, source in (([], net), (['--use-ema'], ema)):
+        report = conv.main(['--model', 'mobilemamba_t2', str(tmp_path / 'ckpt.pth'), str(tmp_path / 'o.pth'),
+                            '--quiet', *extra])
+        assert report['written_tensors'] == len(source) and not report['missing_in_result']
+        out = torch.load(tmp_path / 'o.pth', weights_only=True)
+        assert torch.equal(out['head.linear.weight'], source['head.l.weight'])
