@@ -326,12 +326,18 @@ def test_batch_of_two_equals_two_batches_of_one():
 
 
 def test_fused_equals_unfused():
-    """timm's reparameterize_model folds every BatchNorm (and the depthwise residual identities): outputs equal
-    within 1e-5, no BatchNorm left."""
+    """timm's reparameterize_model folds every BatchNorm, the depthwise residual identities and the wavelet
+    branch's scales: outputs equal within 1e-5, no BatchNorm left."""
     torch.manual_seed(0)
     model = _randomise_bn(timm.create_model('mobilemamba_t2', **TINY).eval())
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, WaveletSSMBranch):
+                m.base_scale.uniform_(.5, 1.5)
+                m.wavelet_scale.uniform_(-1, 1)
     fused = reparameterize_model(model)
     assert not [n for n, m in fused.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert not [n for n, _ in fused.named_parameters() if n.endswith(('base_scale', 'wavelet_scale'))]
     assert sum(p.numel() for p in fused.parameters()) < sum(p.numel() for p in model.parameters())
     x = torch.randn(2, 3, 96, 80)
     with torch.no_grad():

@@ -220,16 +220,39 @@ class WaveletSSMBranch(nn.Module):
         self.wavelet_conv.reset_parameters()
         self.wavelet_scale.fill_(0.1)
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Inference: fold base_scale into the SS2D's out_proj BatchNorm and wavelet_scale into the depthwise
+        wavelet conv (both are per-channel scales right after them); the two multiplies disappear."""
+        if self.base_scale is None:
+            return
+        out_proj = self.ssm.out_proj
+        scale = self.base_scale.flatten()
+        if isinstance(out_proj, ConvBN):
+            out_proj.bn.weight.mul_(scale)
+            out_proj.bn.bias.mul_(scale)
+        else:  # already a fused conv
+            out_proj.weight.mul_(scale[:, None, None, None])
+            out_proj.bias.mul_(scale)
+        self.wavelet_conv.weight.mul_(self.wavelet_scale.view(-1, 1, 1, 1))
+        del self.base_scale, self.wavelet_scale
+        self.base_scale = self.wavelet_scale = None
+
     def wavelet(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
         if H % 2 or W % 2:
             x = F.pad(x, (0, W % 2, 0, H % 2))
         bands = F.conv2d(x, self.wt_filter, stride=2, groups=self.dim)  # (B, 4C, H/2, W/2)
-        bands = self.wavelet_conv(bands) * self.wavelet_scale
+        bands = self.wavelet_conv(bands)
+        if self.wavelet_scale is not None:
+            bands = bands * self.wavelet_scale
         return F.conv_transpose2d(bands, self.iwt_filter, stride=2, groups=self.dim)[..., :H, :W]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ssm(x) * self.base_scale + self.wavelet(x)
+        y = self.ssm(x)
+        if self.base_scale is not None:
+            y = y * self.base_scale
+        return y + self.wavelet(x)
 
 
 def split_channels(dim: int, global_ratio: float, local_ratio: float) -> Tuple[int, int, int]:
