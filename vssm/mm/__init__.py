@@ -6,7 +6,8 @@ MODELS registry, so mmdet and mmseg configs both use them as ``type='vssm.<Name>
 ``load_checkpoint_file`` (torch >= 2.6 weights_only default; see vssm/mm/checkpoint.py).
 
 Backbones: vssm.VMamba, vssm.EfficientVMamba, vssm.LocalVMamba, vssm.GroupMamba (hierarchical, strides
-4..32); vssm.Vim, vssm.LocalVim (plain, with a ViTDet-style simple feature pyramid at strides 4..32).
+4..32); vssm.MobileMamba (hierarchical, strides 16..64); vssm.Vim, vssm.LocalVim (plain, with a
+ViTDet-style simple feature pyramid at strides 4..32).
 """
 try:
     import mmengine  # noqa: F401
