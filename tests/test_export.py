@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from timm.utils.model import reparameterize_model
 
 import vssm  # noqa: F401  (registers the models)
 from vssm.deploy import (
@@ -42,7 +43,11 @@ FAMILIES = {
     'mambavision': ('mambavision_tiny', dict(depths=(1, 1, 2, 2), dim=16, in_dim=8, num_heads=(1, 1, 2, 2),
                                              window_sizes=(2, 2))),
     'vmamba_m2': ('vmamba_tiny_m2', dict(depths=(1, 1), dims=16)),  # SSD (Mamba-2) scan: 1 and 2 heads
+    # channel-first K=2 SS2D, Haar wavelet convs, SE; exported fused (timm's reparameterize_model)
+    'mobilemamba': ('mobilemamba_t2', dict(dims=(32, 48), depths=(1, 1), global_ratios=(.8, .7),
+                                           local_ratios=(.2, .2), kernel_sizes=(5, 3))),
 }
+FUSED = {'mobilemamba'}  # families exported after reparameterize_model (Conv-BN folded), as deployed
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +142,8 @@ def test_linear_recurrence_is_exact_and_finite_where_closed_forms_overflow():
 
 def _model(family):
     name, kwargs = FAMILIES[family]
-    return timm.create_model(name, num_classes=10, **kwargs).eval()
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    return reparameterize_model(model) if family in FUSED else model
 
 
 @pytest.fixture(scope='module', params=sorted(FAMILIES))

@@ -150,3 +150,18 @@ def test_bad_arguments_raise_clear_errors():
         _build('VMamba', no_such_arg=1)  # the timm constructor rejects unknown names
     with pytest.raises(ValueError, match='not both'):
         _build('VMamba', pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='a.pth'))
+
+
+def test_mobilemamba_maps_at_strides_16_to_64_and_bn_eval():
+    """MobileMamba's three stages (it starts at stride 16), frozen stem + stage 0, BatchNorm statistics kept."""
+    m = _build('MobileMamba', out_indices=(0, 1, 2), frozen_stages=1, norm_eval=True)
+    assert m.strides == (16, 32, 64) and m.channels == (16, 24, 32)
+    m.train()
+    model = m.body.model
+    assert not model.stages[0].training and model.stages[1].training
+    assert all(not p.requires_grad for p in [*model.stem.parameters(), *model.stages[0].parameters()])
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    before = [bn.running_mean.clone() for bn in bns]
+    feats = m(torch.randn(2, 3, 200, 304))
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 13, 19), (24, 7, 10), (32, 4, 5)]
+    assert all(torch.equal(b, bn.running_mean) for b, bn in zip(before, bns))

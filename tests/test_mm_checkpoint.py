@@ -250,3 +250,26 @@ def test_official_release_file_with_yacs_config_initialises_backbone_under_weigh
     torch.save({'state_dict': expected, 'extra': _Unknown()}, tmp_path / 'other.pth')
     with pytest.raises(Exception, match='_Unknown'):
         CheckpointLoader.load_checkpoint(str(tmp_path / 'other.pth'), map_location='cpu')
+
+
+def test_official_mobilemamba_trainer_checkpoint_initialises_backbone(tmp_path):
+    """The official trainer file ({net, net_E, optimizer, ...}; EMA net_E taken) through the backbone's loader."""
+    from vssm.models.mobilemamba import _RENAMES
+    clf = timm.create_model('mobilemamba_b', depths=(1, 1, 1), dims=(16, 24, 32))
+    official = {}
+    for k, v in clf.state_dict().items():  # our keys -> the official layout (blocks{i}, wrappers, Conv2d_BN names)
+        for theirs, ours in _RENAMES:
+            k = k.replace(ours, theirs)
+        m = re.match(r'^stages\.(\d)\.(downsample|blocks)\.(\d+)\.(.*)$', k)
+        if m:
+            i, idx = int(m.group(1)), int(m.group(3)) + (3 if m.group(2) == 'blocks' and m.group(1) != '0' else 0)
+            k = f'blocks{i + 1}.{idx}.{m.group(4)}'
+        official[k.replace('stem.', 'patch_embed.')] = v
+    assert 'blocks2.3.mixer.m.attn.global_op.global_atten.in_proj.c.weight' in official
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'net': {k: torch.zeros_like(v) for k, v in official.items()}, 'net_E': official, 'optimizer': {}},
+               path)
+    bb = ROOT_MODELS.build(dict(type='vssm.MobileMamba', depths=(1, 1, 1), dims=(16, 24, 32), out_indices=(0, 1, 2),
+                                pretrained=str(path)))
+    bb.init_weights()
+    _assert_body_equals(bb, clf.state_dict())

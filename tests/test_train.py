@@ -208,8 +208,10 @@ def test_yaml_configs_parse_with_timm_names(train_tool):
     for cfg in configs:
         args = train_tool.parse_args(['-c', str(cfg), '--data-dir', '/nonexistent'])
         assert args.model == cfg.stem, cfg
-        # AdamW 300 epochs, or MambaVision's official LAMB 310 (+ 10 cooldown)
-        assert (args.opt, args.epochs) in (('adamw', 300), ('lamb', 310)) and args.mixup > 0 and args.aa
+        # AdamW 300 epochs, MambaVision's official LAMB 310 (+ 10 cooldown), MobileMamba's KD (dagger) recipe 1000
+        assert args.mixup > 0 and args.aa
+        assert (args.opt, args.epochs) in (('adamw', 300), ('lamb', 310), ('adamw', 1000)), cfg
+        assert (args.epochs == 1000) == ('_kd' in cfg.stem), cfg
     args = train_tool.parse_args(['-c', str(configs[0]), '--data-dir', '/x', '--lr', '0.5', '--epochs', '3'])
     assert args.lr == 0.5 and args.epochs == 3  # the command line wins over the YAML
 

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--grad-checkpointing', action='store_true', default=False)
     p.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.add_argument('--reparameterize', action='store_true', default=False,
+                   help="fuse for inference first (timm's reparameterize_model: Conv-BN folding; no-op for others)")
     p.add_argument('--no-flops', action='store_true', default=False, help='skip the FLOP count (fvcore trace)')
     p.add_argument('--results-file', default='', help='write results here (.csv or .json)')
     p.add_argument('--results-format', default='', choices=['', 'csv', 'json'])
@@ -151,6 +153,9 @@ def create(name: str, img_size: int, args, device, dtype):
     if cfg is not None and getattr(cfg, 'fixed_input_size', False):
         kwargs['img_size'] = img_size  # ViT / Swin style models are built for one resolution
     model = timm.create_model(name, **kwargs)
+    if getattr(args, 'reparameterize', False):
+        from timm.utils.model import reparameterize_model
+        model = reparameterize_model(model.eval(), inplace=True)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device=device, dtype=dtype)

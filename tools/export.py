@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='any batch at run time (the default; kept for existing scripts)')
     p.set_defaults(dynamic_batch=True)
     p.add_argument('--features-only', action='store_true', help='export the features_only backbone')
+    p.add_argument('--reparameterize', action='store_true',
+                   help="fuse for inference first (timm's reparameterize_model: Conv-BN folding, e.g. MobileMamba)")
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                    help='extra model constructor args, e.g. depths="(1,1,1,1)" dims=16 num_classes=10')
     p.add_argument('--output', '-o', required=True, help='file to write (.onnx, or .pt2 for pt2 and aoti)')
@@ -64,7 +66,8 @@ def main(argv=None) -> dict:
     img_size = tuple(args.img_size) * (2 if len(args.img_size) == 1 else 1)
     req = ExportRequest(model=args.model, format=args.format, img_size=img_size, output=args.output,
                         checkpoint=args.checkpoint, batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
-                        features_only=args.features_only, model_kwargs=dict(args.model_kwargs))
+                        features_only=args.features_only, model_kwargs=dict(args.model_kwargs),
+                        reparameterize=args.reparameterize)
     result = export_and_check(req, check=args.check, num_threads=args.num_threads)
     print(f"{result['model']} -> {result['output']} ({result['format']}, {img_size[0]}x{img_size[1]}, "
           f"batch {'dynamic, example ' if req.dynamic_batch else ''}{req.batch_size}): "

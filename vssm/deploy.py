@@ -51,6 +51,7 @@ class ExportRequest:
     dynamic_batch: bool = True
     features_only: bool = False
     model_kwargs: Dict = field(default_factory=dict)
+    reparameterize: bool = False  # fold BatchNorms etc. (timm's reparameterize_model) before export
 
     def __post_init__(self):
         if self.batch_size is None:
@@ -129,7 +130,11 @@ def build_model(req: ExportRequest) -> torch.nn.Module:
         what = 'features_only backbone' if req.features_only else 'model'
         raise ExportConfigError(f'cannot build or run {req.model} as a {what} at {req.img_size[0]}x'
                                 f'{req.img_size[1]} with {req.model_kwargs or "default args"}: {e}') from e
-    return _create(req, pretrained=req.checkpoint is not None)
+    model = _create(req, pretrained=req.checkpoint is not None)
+    if req.reparameterize:
+        from timm.utils.model import reparameterize_model
+        model = reparameterize_model(model, inplace=True)
+    return model
 
 
 def _in_chans(req: ExportRequest) -> int:

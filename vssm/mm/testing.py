@@ -43,6 +43,8 @@ def tiny_backbone_overrides(backbone_cfg: Dict) -> Dict:
         return out
     if kind == 'MambaVision':  # one conv block per conv stage, a mixer and an attention block per windowed stage
         return dict(depths=(1, 1, 2, 2), dim=16, in_dim=8, num_heads=(1, 1, 2, 2), window_sizes=(4, 2))
+    if kind == 'MobileMamba':  # three stages at strides 16, 32, 64
+        return dict(depths=(1, 1, 1), dims=(16, 24, 32))
     if kind in ('Vim', 'LocalVim'):
         taps = len(backbone_cfg.get('out_indices', (-1,)))
         depth = max(2, taps)

@@ -5,3 +5,4 @@ from .vim import Vim
 from .localmamba import LocalVMamba
 from .groupmamba import GroupMamba
 from .mambavision import MambaVision
+from .mobilemamba import MobileMamba

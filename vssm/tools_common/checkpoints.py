@@ -40,15 +40,18 @@ def read_state_dict(path: str, use_ema: bool = False) -> Dict[str, torch.Tensor]
     ckpt = load_checkpoint_file(path, map_location='cpu')
     if not isinstance(ckpt, dict):
         raise TypeError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}')
-    # EMA weights: timm / VMamba / Vim name them state_dict_ema / model_ema, LocalMamba's CheckpointManager ema_model
-    keys = ('state_dict_ema', 'model_ema', 'ema_model', 'state_dict', 'model') if use_ema else ('state_dict', 'model')
+    # EMA weights: timm / VMamba / Vim name them state_dict_ema / model_ema, LocalMamba's CheckpointManager ema_model,
+    # MobileMamba's trainer net_E (its weights: net)
+    keys = ('state_dict_ema', 'model_ema', 'ema_model', 'net_E', 'state_dict', 'model', 'net') if use_ema \
+        else ('state_dict', 'model', 'net')
     for key in keys:
         if isinstance(ckpt.get(key), dict) and ckpt[key]:
             ckpt = ckpt[key]
             break
     else:
         if use_ema:
-            raise KeyError(f'{path}: no EMA weights (state_dict_ema / model_ema / ema_model) in this checkpoint')
+            raise KeyError(f'{path}: no EMA weights (state_dict_ema / model_ema / ema_model / net_E) in this '
+                           f'checkpoint')
     sd = {k: v for k, v in ckpt.items() if torch.is_tensor(v)}
     if sd and all(k.startswith('module.') for k in sd):
         sd = {k[len('module.'):]: v for k, v in sd.items()}
