@@ -244,8 +244,8 @@ def test_cost_records_through_the_protocol():
     from vssm.ops import get_backend
     from vssm.ops.cost import ScanShape
     from vssm.ops.flops import ssd_flops
-    # vmamba_tiny_m2 stage 1 at batch 8: 6 heads of 16 (rank = heads for mode 'ssd'), 64 states, 56x56
-    shape = ScanShape(batch=8, directions=4, channels=96, d_state=64, steps=3136, length=3136, rank=6)
+    # vmamba_tiny_m2 stage 1 at batch 8: 6 heads of 16, 64 states, 56x56
+    shape = ScanShape(batch=8, directions=4, channels=96, d_state=64, steps=3136, length=3136, heads=6)
     fwd, bwd = get_backend('fast', 'ssd').cost(shape)
     assert fwd.phase == 'forward' and bwd.phase == 'backward'
     assert fwd.flops == ssd_flops(8, 4, 6, 16, 3136, 64, 64)

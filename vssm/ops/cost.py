@@ -45,6 +45,7 @@ class ScanShape:
     has_z: bool = False
     has_D: bool = True
     dtype: torch.dtype = torch.float32  # of u, Δ, B, C, z, the output and their gradients (parameters: float32)
+    heads: int = 0  # SSD (Mamba-2) mode: heads R per direction, channels = R * head dim; 0 for the selective scan
     # the plan's direction names and map size, for backends whose schedule depends on the plan (Triton); empty:
     # K directions that each visit every position
     plan: Tuple[str, ...] = ()

@@ -133,11 +133,10 @@ _PYTORCH_CAPS = dict(devices=frozenset({'cpu', 'cuda', 'meta'}), dtypes=ALL_FLOA
 def cost_of(name: str):
     """The ``cost`` of SSD backend ``name``: ScanShape -> (forward, backward) ScanCost (vssm/ops/ssd_cost.py).
 
-    For mode 'ssd' a ScanShape's ``rank`` is the number of heads R (Δ's rows per step, as a low-rank Δ factor's
-    are) and ``channels`` the per-direction width R * P."""
+    For mode 'ssd' a ScanShape's ``heads`` is the number of heads R and ``channels`` the per-direction width R * P."""
     def cost(s):
         from .ssd_cost import ssd_cost
-        heads = s.rank or 1
+        heads = s.heads or 1
         return ssd_cost(s.batch, s.directions, heads, s.channels // heads, s.length, s.d_state, dtype=s.dtype,
                         steps=s.steps, backend=name)
     return cost
