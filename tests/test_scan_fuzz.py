@@ -309,15 +309,24 @@ def _valid_case(rng: random.Random, grouped: bool):
 
 
 def run_valid_cases(backend: str, seed: int, n: int, verbose: bool = False):
-    """Run n seeded valid cases; each must give a finite output equal to the reference's. Returns failures."""
+    """Run n seeded valid cases; each must give a finite output equal to the reference's, or, where the backend
+    declares it cannot run the call (e.g. float64 on a float32 kernel), the capability error. Returns failures."""
+    from vssm.ops import UnsupportedScanError, get_backend, scan_request
     rng = random.Random(seed)
     failures = []
     for i in range(n):
         case, what = _valid_case(rng, grouped=True)
         if verbose:
             print(f'case {i}: {what}', flush=True)
+        request = scan_request(case['u'], case.merge, *[case[n] for n in case.present()])
+        missing = get_backend(backend).why_not(request)
         try:
             check_against_reference(backend, case, grads=False, finite=True, tol=VALID_TOL[case['u'].dtype])
+            if missing is not None:
+                failures.append(f'valid case {i} ({what}): ran although the backend lacks {missing}')
+        except UnsupportedScanError as e:
+            if missing is None or missing not in str(e):
+                failures.append(f'valid case {i} ({what}): UnsupportedScanError: {str(e)[:300]}')
         except Exception as e:  # noqa: BLE001 (a valid input: any exception, ValueError included, is a failure)
             failures.append(f'valid case {i} ({what}): {type(e).__name__}: {str(e)[:300]}')
     return failures

@@ -49,7 +49,6 @@ def _official_state_dict(stem: str):
 
 
 def _official_files():
-    # the m2 releases are not among our models (their keys are not copied into tests/data)
     return sorted(p.name[:-len('.official_keys.txt.gz')] for p in OFFICIAL_KEYS.glob('vmamba_*.official_keys.txt.gz'))
 
 
@@ -64,10 +63,10 @@ def test_official_checkpoint_loads(stem, tmp_path):
     assert len(ours) == len(sd)
     torch.testing.assert_close(ours['stem.0.weight'], sd['patch_embed.0.weight'])
     torch.testing.assert_close(ours['head.fc.weight'], sd['classifier.head.weight'])
-    torch.testing.assert_close(ours['stages.1.downsample.' + ('1.weight' if 's' in stem.split('_')[-1] else
-                                                            'reduction.weight')],
-                               sd['layers.0.downsample.' + ('1.weight' if 's' in stem.split('_')[-1] else
-                                                            'reduction.weight')])
+    # downsample v3 (s1/s2 and m2 models: conv, LayerNorm) or v1 (v0 models: PatchMerging)
+    v3 = stem.split('_')[-1] != 'v0'
+    torch.testing.assert_close(ours['stages.1.downsample.' + ('1.weight' if v3 else 'reduction.weight')],
+                               sd['layers.0.downsample.' + ('1.weight' if v3 else 'reduction.weight')])
 
 
 def test_official_checkpoint_new_head_and_module_prefix(tmp_path):

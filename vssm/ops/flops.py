@@ -8,11 +8,11 @@ z gate. A multiply-add counts as one FLOP (fvcore's convention, the one the pape
 The SSD scan (``vssm::plan_ssd``, Mamba-2) is counted as its chunked form computes it (``ssd_flops``): mostly
 matmuls, so the count follows the chunk length T as well as the state size N.
 """
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 
-__all__ = ['scan_flops', 'ssd_flops', 'count_flops', 'flop_count_table']
+__all__ = ['scan_flops', 'ssd_flops', 'count_flops', 'flops_by_operator', 'flop_count_table']
 
 
 def scan_flops(batch: int, directions: int, channels: int, length: int, d_state: int,
@@ -102,6 +102,12 @@ def _analysis(model: torch.nn.Module, input_size: Tuple[int, ...], batch_size: i
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return analysis
+
+
+def flops_by_operator(model: torch.nn.Module, input_size: Tuple[int, ...] = (3, 224, 224)) -> Dict[str, int]:
+    """FLOPs split by operator kind (conv, linear, einsum, vssm::plan_scan, vssm::plan_ssd, attention, ...)."""
+    with torch.no_grad():
+        return dict(_analysis(model, input_size).by_operator())
 
 
 @torch.no_grad()
