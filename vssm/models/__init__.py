@@ -4,3 +4,4 @@ from .efficient_vmamba import EfficientVMamba
 from .vim import Vim
 from .localmamba import LocalVMamba
 from .groupmamba import GroupMamba
+from .spatial_mamba import SpatialMamba
