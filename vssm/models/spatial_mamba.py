@@ -348,6 +348,25 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: SpatialMamb
     return out
 
 
+def checkpoint_to_official(state_dict: Dict[str, torch.Tensor], model: SpatialMamba) -> Dict[str, torch.Tensor]:
+    """vssm Spatial-Mamba keys -> the official layout (the inverse of checkpoint_filter_fn)."""
+    out = {}
+    for k, v in state_dict.items():
+        m = re.match(r'^stages\.(\d+)\.downsample\.(.*)$', k)
+        if k.startswith('stem.'):
+            k = 'patch_embed.' + k[len('stem.'):].replace('.bn.', '.norm.')
+        elif m:
+            k = f'layers.{int(m.group(1)) - 1}.downsample.' + m.group(2).replace('.bn.', '.norm.')
+        elif k.startswith('stages.'):
+            k = 'layers.' + k[len('stages.'):]
+            for official, ours in _BLOCK_KEYS:
+                k = k.replace(ours, official)
+        elif k.startswith('head.fc.'):
+            k = 'head.' + k[len('head.fc.'):]
+        out[k] = v
+    return out
+
+
 # ------------------------------------------------------------------------------------------- configs
 
 def _cfg(**kwargs) -> Dict:
