@@ -38,6 +38,8 @@ FAMILIES = {
     'efficient_vmamba': ('efficient_vmamba_tiny', dict(depths=(1, 1, 1), dims=16)),  # 2 EVSS + 1 inverted residual
     # grouped scan, channel-affinity gate, class-token block, distillation head (mean in eval)
     'groupmamba': ('groupmamba_tiny', dict(depths=(1, 1), dims=(16, 32), mlp_ratios=2, stem_hidden_dim=8)),
+    # state-returning scan, replicate-padded folded 11x11 state fusion, BN stem and downsample
+    'spatial_mamba': ('spatial_mamba_tiny', dict(depths=(1, 1), dims=16)),
 }
 
 

@@ -6,7 +6,8 @@ MODELS registry, so mmdet and mmseg configs both use them as ``type='vssm.<Name>
 ``load_checkpoint_file`` (torch >= 2.6 weights_only default; see vssm/mm/checkpoint.py).
 
 Backbones: vssm.VMamba, vssm.EfficientVMamba, vssm.LocalVMamba, vssm.GroupMamba (hierarchical, strides
-4..32); vssm.Vim, vssm.LocalVim (plain, with a ViTDet-style simple feature pyramid at strides 4..32).
+4..32); vssm.Vim, vssm.LocalVim (plain, with a ViTDet-style simple feature pyramid at strides 4..32);
+vssm.SpatialMamba (hierarchical).
 """
 try:
     import mmengine  # noqa: F401
@@ -19,6 +20,7 @@ from .base import HierarchicalBackbone, TimmBackboneBase
 from .vmamba import VMambaBackbone
 from .efficient_vmamba import EfficientVMambaBackbone
 from .groupmamba import GroupMambaBackbone
+from .spatial_mamba import SpatialMambaBackbone
 from .localmamba import LocalVimBackbone, LocalVMambaBackbone
 from .plain import PlainBackbone
 from .vim import VimBackbone
@@ -26,6 +28,7 @@ from .vim import VimBackbone
 __all__ = [
     'MODELS', 'TimmBackboneBase', 'HierarchicalBackbone', 'PlainBackbone', 'VMambaBackbone',
     'EfficientVMambaBackbone', 'GroupMambaBackbone', 'LocalVMambaBackbone', 'LocalVimBackbone', 'VimBackbone',
+    'SpatialMambaBackbone',
     'load_checkpoint_file', 'patch_mmengine_checkpoint_loader',
 ]
 
