@@ -17,6 +17,7 @@ FAMILIES = {
     'local_vmamba_tiny': "depths=(1,1,1,1) dims=16 directions=(('h','v','w2','w2_flip'),('h','v','w2','w2_flip'),('h_flip','v_flip','w7','w7_flip'),('h','v','w2','w2_flip'))",
     'efficient_vmamba_tiny': 'depths=(1,1,1,1) dims=16',
     'groupmamba_tiny': 'depths=(1,1,1,1) dims=16',
+    'spatial_mamba_tiny': 'depths=(1,1,1,1) dims=16',
 }
 
 
