@@ -25,7 +25,7 @@ from timm.layers import (
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from ..layers import Permute, StateFusion, init_ssm_params
+from ..layers import StateFusion, init_ssm_params
 from ..ops import DirectionPlan, plan_selective_scan
 from ..serialization import release_file_globals
 from ._checks import check_state_dict_matches, unwrap_state_dict
