@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['StateFusion', 'fold_dilated_kernels']
+__all__ = ['StateFusion', 'fold_dilated_kernels', 'replicate_pad']
 
 DILATIONS = (1, 3, 5)
 FOLDED_SIZE = 2 * DILATIONS[-1] + 1  # 11
@@ -33,6 +33,17 @@ def fold_dilated_kernels(kernels, alpha: torch.Tensor) -> torch.Tensor:
         spread = spread.reshape(C, 1, 3 * d, 3 * d)[..., :2 * d + 1, :2 * d + 1]
         folded = folded + a * F.pad(spread, (centre - d,) * 4)
     return folded
+
+
+def replicate_pad(h: torch.Tensor, p: int) -> torch.Tensor:
+    """F.pad(h, (p, p, p, p), mode='replicate'). Under torch.compile the same as a clamped-index gather: inductor
+    (torch 2.14) miscompiles replication_pad2d_backward (output strides assert), the gather's backward is plain."""
+    if not torch.compiler.is_compiling():
+        return F.pad(h, (p, p, p, p), mode='replicate')
+    H, W = h.shape[-2:]
+    rows = torch.arange(-p, H + p, device=h.device).clamp(0, H - 1)
+    cols = torch.arange(-p, W + p, device=h.device).clamp(0, W - 1)
+    return h.index_select(-2, rows).index_select(-1, cols)
 
 
 class StateFusion(nn.Module):
@@ -64,14 +75,13 @@ class StateFusion(nn.Module):
             raise RuntimeError('StateFusion was reparameterized for deployment: its branch kernels are gone')
         out = 0
         for k, a, d in zip(self.kernels(), self.alpha, DILATIONS):
-            out = out + a * F.conv2d(F.pad(h, (d, d, d, d), mode='replicate'), k.to(h.dtype), dilation=d,
-                                     groups=self.dim)
+            out = out + a * F.conv2d(replicate_pad(h, d), k.to(h.dtype), dilation=d, groups=self.dim)
         return out
 
     def forward_folded(self, h: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         weight = self.folded_weight() if weight is None else weight
         p = FOLDED_SIZE // 2
-        return F.conv2d(F.pad(h, (p, p, p, p), mode='replicate'), weight.to(h.dtype), groups=self.dim)
+        return F.conv2d(replicate_pad(h, p), weight.to(h.dtype), groups=self.dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if h.dim() != 4 or h.shape[1] != self.dim:
