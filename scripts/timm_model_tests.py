@@ -36,7 +36,7 @@ VSSM_NON_STD = ['vim_*', 'local_vim_*']
 # smallest model of every family / architecture variant (every model class and code path)
 CI_MODELS = ['vmamba_tiny_s1l8', 'vmamba_tiny_v0', 'vim_tiny', 'vim_tiny_stride8', 'local_vim_tiny',
              'local_vim_tiny_midcls', 'local_vmamba_tiny', 'efficient_vmamba_tiny', 'groupmamba_tiny',
-             'mambavision_tiny', 'vmamba_tiny_m2', 'mobilemamba_t2']
+             'mambavision_tiny', 'vmamba_tiny_m2', 'mobilemamba_t2', 'spatial_mamba_tiny']
 
 _IMPORT_ANCHOR = 'from timm.models import get_notrace_modules, get_notrace_functions\n'
 _NON_STD_ANCHOR = 'NUM_NON_STD = len(NON_STD_FILTERS)\n'

@@ -46,6 +46,8 @@ FAMILIES = {
     # channel-first K=2 SS2D, Haar wavelet convs, SE; exported fused (timm's reparameterize_model)
     'mobilemamba': ('mobilemamba_t2', dict(dims=(32, 48), depths=(1, 1), global_ratios=(.8, .7),
                                            local_ratios=(.2, .2), kernel_sizes=(5, 3))),
+    # state-returning scan, replicate-padded folded 11x11 state fusion, BN stem and downsample
+    'spatial_mamba': ('spatial_mamba_tiny', dict(depths=(1, 1), dims=16)),
 }
 FUSED = {'mobilemamba'}  # families exported after reparameterize_model (Conv-BN folded), as deployed
 

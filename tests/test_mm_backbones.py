@@ -14,7 +14,7 @@ import vssm.mm  # noqa: E402
 from mmengine.registry import MODELS as ROOT_MODELS  # noqa: E402
 from vssm.mm.testing import tiny_backbone_overrides  # noqa: E402
 
-HIERARCHICAL = ('VMamba', 'EfficientVMamba', 'LocalVMamba', 'GroupMamba', 'MambaVision')
+HIERARCHICAL = ('VMamba', 'EfficientVMamba', 'LocalVMamba', 'GroupMamba', 'MambaVision', 'SpatialMamba')
 PLAIN = ('Vim', 'LocalVim')
 
 

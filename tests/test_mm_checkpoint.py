@@ -142,7 +142,8 @@ def test_mmengine_loader_reads_checkpoints_with_python_objects(tmp_path):
     assert isinstance(ckpt['message_hub']['loss'], HistoryBuffer)
 
 
-@pytest.mark.parametrize('name', ['EfficientVMamba', 'LocalVMamba', 'GroupMamba', 'Vim', 'LocalVim', 'MambaVision'])
+@pytest.mark.parametrize('name', ['EfficientVMamba', 'LocalVMamba', 'GroupMamba', 'Vim', 'LocalVim', 'MambaVision',
+                                  'SpatialMamba'])
 def test_every_family_loads_its_classification_checkpoint(name, tmp_path):
     from vssm.mm.testing import tiny_backbone_overrides
     cfg = dict(type=f'vssm.{name}')
@@ -189,6 +190,19 @@ def test_official_mambavision_safetensors_initialises_backbone(tmp_path):
     assert torch.equal(body.stages[2].blocks[0].mixer.dt_proj.bias, official['levels.2.blocks.0.mixer.dt_proj.bias'])
     assert torch.equal(body.stages[1].downsample.weight, official['levels.0.downsample.reduction.0.weight'])
     assert torch.equal(body.stem[1].conv.weight, official['patch_embed.conv_down.3.weight'])
+
+
+def test_official_spatial_mamba_checkpoint_initialises_backbone(tmp_path):
+    """The official main.py layout ({'model': official keys, ...}) through the backbone's loader."""
+    from vssm.models.spatial_mamba import checkpoint_to_official
+    clf = timm.create_model('spatial_mamba_tiny', depths=(1, 1, 1, 1), dims=16)
+    official = checkpoint_to_official(clf.state_dict(), clf)
+    assert 'layers.2.blocks.0.self_attention.state_fusion.kernel_3_1' in official
+    path = tmp_path / 'spatialmamba_tiny.pth'
+    torch.save({'model': official, 'epoch': 299}, path)
+    bb = ROOT_MODELS.build(dict(type='vssm.SpatialMamba', depths=(1, 1, 1, 1), dims=16, pretrained=str(path)))
+    bb.init_weights()
+    _assert_body_equals(bb, clf.state_dict())
 
 
 def _to_official_vim(sd):

@@ -142,6 +142,8 @@ PUBLISHED_PARAMS_M = {
     'mask-rcnn_vmamba-tiny_fpn_1x_coco': 50, 'mask-rcnn_vmamba-small_fpn_1x_coco': 70,
     'mask-rcnn_vmamba-base_fpn_1x_coco': 108, 'upernet_vmamba-tiny_8xb2-160k_ade20k-512x512': 62,
     'upernet_vmamba-small_8xb2-160k_ade20k-512x512': 82, 'upernet_vmamba-base_8xb2-160k_ade20k-512x512': 122,
+    # Spatial-Mamba README (official repository)
+    'mask-rcnn_spatial-mamba-tiny_fpn_1x_coco': 46, 'upernet_spatial-mamba-tiny_8xb2-160k_ade20k-512x512': 57,
 }
 
 

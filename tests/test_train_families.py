@@ -18,6 +18,7 @@ FAMILIES = {
     'efficient_vmamba_tiny': 'depths=(1,1,1,1) dims=16',
     'groupmamba_tiny': 'depths=(1,1,1,1) dims=16',
     'mambavision_tiny': 'depths=(1,1,2,2) dim=16 in_dim=8 num_heads=(1,1,2,2) window_sizes=(2,2)',
+    'spatial_mamba_tiny': 'depths=(1,1,1,1) dims=16',
 }
 
 

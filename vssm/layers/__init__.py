@@ -5,3 +5,4 @@ from .grouped_ss2d import GroupedSS2D, GroupedLayerNorm
 from .blocks import VSSBlock
 from .gates import ChannelGate
 from .mamba1d import MultiMamba, DirectionSSM
+from .state_fusion import StateFusion, fold_dilated_kernels

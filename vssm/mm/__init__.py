@@ -5,9 +5,9 @@ MODELS registry, so mmdet and mmseg configs both use them as ``type='vssm.<Name>
 ``custom_imports=dict(imports=['vssm.mm'])``. It also routes mmengine's checkpoint loading through
 ``load_checkpoint_file`` (torch >= 2.6 weights_only default; see vssm/mm/checkpoint.py).
 
-Backbones: vssm.VMamba, vssm.EfficientVMamba, vssm.LocalVMamba, vssm.GroupMamba, vssm.MambaVision
-(hierarchical, strides 4..32); vssm.MobileMamba (hierarchical, strides 16..64); vssm.Vim, vssm.LocalVim (plain,
-with a ViTDet-style simple feature pyramid at strides 4..32).
+Backbones: vssm.VMamba, vssm.EfficientVMamba, vssm.LocalVMamba, vssm.GroupMamba, vssm.MambaVision,
+vssm.SpatialMamba (hierarchical, strides 4..32); vssm.MobileMamba (hierarchical, strides 16..64); vssm.Vim,
+vssm.LocalVim (plain, with a ViTDet-style simple feature pyramid at strides 4..32).
 """
 try:
     import mmengine  # noqa: F401
@@ -22,6 +22,7 @@ from .efficient_vmamba import EfficientVMambaBackbone
 from .groupmamba import GroupMambaBackbone
 from .mambavision import MambaVisionBackbone
 from .mobilemamba import MobileMambaBackbone
+from .spatial_mamba import SpatialMambaBackbone
 from .localmamba import LocalVimBackbone, LocalVMambaBackbone
 from .plain import PlainBackbone
 from .vim import VimBackbone
@@ -29,7 +30,8 @@ from .vim import VimBackbone
 __all__ = [
     'MODELS', 'TimmBackboneBase', 'HierarchicalBackbone', 'PlainBackbone', 'VMambaBackbone',
     'EfficientVMambaBackbone', 'GroupMambaBackbone', 'LocalVMambaBackbone', 'LocalVimBackbone', 'VimBackbone',
-    'MambaVisionBackbone', 'MobileMambaBackbone', 'load_checkpoint_file', 'patch_mmengine_checkpoint_loader',
+    'MambaVisionBackbone', 'MobileMambaBackbone', 'SpatialMambaBackbone', 'load_checkpoint_file',
+    'patch_mmengine_checkpoint_loader',
 ]
 
 patch_mmengine_checkpoint_loader()

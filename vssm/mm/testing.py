@@ -36,7 +36,7 @@ _SCAN = ('h', 'h_flip', 'w2', 'w7_flip')  # one searched-style direction list fo
 def tiny_backbone_overrides(backbone_cfg: Dict) -> Dict:
     """Constructor arguments that make a vssm backbone config tiny (1-block stages / 2-4 blocks, 16-32 wide)."""
     kind = str(backbone_cfg['type']).split('.')[-1]
-    if kind in ('VMamba', 'EfficientVMamba', 'LocalVMamba', 'GroupMamba'):
+    if kind in ('VMamba', 'EfficientVMamba', 'LocalVMamba', 'GroupMamba', 'SpatialMamba'):
         out = dict(depths=(1, 1, 1, 1), dims=16)
         if kind == 'LocalVMamba':
             out['directions'] = [_SCAN] * 4

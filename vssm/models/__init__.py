@@ -6,3 +6,4 @@ from .localmamba import LocalVMamba
 from .groupmamba import GroupMamba
 from .mambavision import MambaVision
 from .mobilemamba import MobileMamba
+from .spatial_mamba import SpatialMamba
