@@ -153,7 +153,7 @@ VMAMBA=(--model vmamba_tiny_s1l8)
 if [ "$DRY" = 1 ]; then
   # float32: bfloat16 autocast is slow on CPUs without bf16 units; the AMP path is covered by the GPU tests
   BENCH+=(--device cpu --precision float32 --num-warm-iter 0 --num-bench-iter 1)
-  IMG=32; INFER_B=1; TRAIN_B=1; VIM_B=1; VIM_SIZE=32; COMPILE=(--torchcompile aot_eager)
+  IMG=32; INFER_B=1; TRAIN_B=2; VIM_B=1; VIM_SIZE=32; COMPILE=(--torchcompile aot_eager)
   VMAMBA+=(--model-kwargs 'depths=(1,1,1,1)' dims=16)  # compile traces the model: keep it small on a CPU
 else
   BENCH+=(--precision amp --amp-dtype bfloat16 --num-warm-iter 3 --num-bench-iter 10)

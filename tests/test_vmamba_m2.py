@@ -169,3 +169,13 @@ def test_torch_compile_whole_model_one_graph():
     torch.testing.assert_close(out, model(x))
     assert counter.frame_count == 1
     assert model.stages[1].blocks[0].op.A_logs.grad is not None
+
+
+def test_training_step_on_a_one_pixel_stage_map():
+    """Batch 1, a 32² input (the last stage's map is 1x1), channels-last: the recompute backward's gradients
+    came back as aliases of each other there, which a custom op may not return (found by gpu_check's dry run)."""
+    model = timm.create_model('vmamba_tiny_m2', depths=(1, 1, 1, 1), dims=16, num_classes=3)
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 32, 32).to(memory_format=torch.channels_last)
+    model(x).square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

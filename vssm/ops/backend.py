@@ -31,7 +31,8 @@ import torch
 
 __all__ = [
     'Capabilities', 'ScanBackend', 'ScanRequest', 'UnsupportedScanError', 'register_backend', 'unregister_backend',
-    'get_backend', 'available_backends', 'resolve_backend', 'default_backend', 'recompute_grads', 'register_lazy_backend', 'BACKEND_ENV', 'ALL_FLOAT_DTYPES',
+    'get_backend', 'available_backends', 'resolve_backend', 'default_backend', 'op_gradients', 'recompute_grads',
+    'register_lazy_backend', 'BACKEND_ENV', 'ALL_FLOAT_DTYPES',
     'REDUCED_FLOAT_DTYPES',
 ]
 
@@ -188,6 +189,28 @@ def resolve_backend(request: ScanRequest, backend: Optional[str] = None) -> Scan
         raise UnsupportedScanError(f'no {request.mode!r} scan backend can run {request}; registered: '
                                    f'{_names(request.mode)}')
     return best
+
+
+def op_gradients(grads: Sequence[Optional[torch.Tensor]], inputs: Sequence[Optional[torch.Tensor]],
+                 others: Sequence[Optional[torch.Tensor]] = ()) -> List[torch.Tensor]:
+    """Gradients as a backward custom op may return them: each in its input's dtype and strides (those of
+    ``torch.empty_like(input)``: a backend that writes that layout costs no copy), none sharing memory with an
+    input, with ``others`` (grad_out, the index) or with another gradient (custom ops must not return aliases;
+    autograd's recompute can hand back grad_out itself, or two slices of one buffer), and an empty tensor for an
+    absent input (custom ops cannot return None)."""
+    def storage(t):
+        return t.untyped_storage().data_ptr() if t is not None and t.numel() else None
+    taken = {storage(t) for t in (*inputs, *others)} - {None}
+    out = []
+    for g, t in zip(grads, inputs):
+        if t is None:
+            out.append(torch.empty(0, dtype=inputs[0].dtype, device=inputs[0].device))
+            continue
+        if g.dtype != t.dtype or g.stride() != torch.empty_like(t, device='meta').stride() or storage(g) in taken:
+            g = torch.empty_like(t).copy_(g)
+        taken.add(storage(g))
+        out.append(g)
+    return out
 
 
 def default_backend(device='cpu', *, mode: str = 'selective', dtype: torch.dtype = torch.float32,

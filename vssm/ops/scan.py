@@ -36,15 +36,16 @@ import torch.nn.functional as F
 
 from .cost import ScanShape, pytorch_path_cost, scan_shape
 from .backend import (
-    ALL_FLOAT_DTYPES, BACKEND_ENV, Capabilities, ScanBackend, ScanRequest, get_backend, recompute_grads,
-    register_backend, register_lazy_backend, resolve_backend,
+    ALL_FLOAT_DTYPES, BACKEND_ENV, Capabilities, ScanBackend, ScanRequest, get_backend, op_gradients,
+    recompute_grads, register_backend, register_lazy_backend, resolve_backend,
 )
 from .plans import cross_merge, cross_scan, validate_index, MERGE_MODES
 from .selective_scan import cast_to, selective_scan_fast, selective_scan_ref, compute_dtype
 
 __all__ = [
     'plan_selective_scan', 'plan_scan_reference', 'plan_scan_fast', 'scan_over_plan', 'empty_output', 'expand_delta',
-    'low_rank_grads', 'scan_request', 'record_scan_shapes', 'check_common_inputs', 'ScanInputError', 'BACKEND_ENV', 'CPU_KERNEL_ENV', 'MODE', 'INPUT_NAMES',
+    'low_rank_grads', 'scan_request', 'record_scan_shapes', 'check_common_inputs', 'ScanInputError', 'BACKEND_ENV',
+    'CPU_KERNEL_ENV', 'MODE', 'INPUT_NAMES',
 ]
 
 MODE = 'selective'
@@ -207,16 +208,7 @@ def _plan_scan_bwd_op(grad_out: torch.Tensor, u: torch.Tensor, delta: torch.Tens
     else:
         grads = [*b.backward(grad_out, u, delta, A, B, C, D, z, delta_bias, **opts), None]
     present = (u, delta, A, B, C, D, z, delta_bias, delta_weight)
-    # an absent optional input gets an empty tensor: custom ops cannot return None
-    return [_in_layout_of(g, t) if t is not None else u.new_empty(0) for g, t in zip(grads, present)]
-
-
-def _in_layout_of(g: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    # the op's contract: each gradient has its input's dtype and strides (those of torch.empty_like(t)); a
-    # backend that writes that layout directly costs no copy here
-    if g.dtype == t.dtype and g.stride() == torch.empty_like(t, device='meta').stride():
-        return g
-    return torch.empty_like(t).copy_(g)
+    return op_gradients(grads, present, (grad_out, index))
 
 
 @_plan_scan_bwd_op.register_fake

@@ -19,8 +19,8 @@ Outputs have channel-last memory (a (Bt, Dm, L) result is (Bt, L, Dm) in memory)
 Dtypes: float16 / bfloat16 / float32 compute in float32, float64 in float64; the result has x's dtype.
 
 Backends (registered with the engine's protocol, vssm.ops.backend, as mode 'ssd'; chosen by ``backend=``,
-else $VSSM_SCAN_BACKEND, else the capable one of highest priority): 'reference' (ssd_core.ssd_reference, step by step, the oracle), 'fast' (ssd_core.ssd_chunked, the
-CPU path and the default), 'export' (the same chunked form with a gather merge; taken while
+else $VSSM_SCAN_BACKEND, else the capable one of highest priority): 'reference' (ssd_core.ssd_reference, step
+by step, the oracle), 'fast' (ssd_core.ssd_chunked, the CPU path and the default), 'export' (the same chunked form with a gather merge; taken while
 ``torch.compiler.is_exporting()``), 'cpu' (the same chunked form under the name of each mode's CPU path, so
 VSSM_SCAN_BACKEND=cpu serves Mamba-1 and Mamba-2 layers alike), 'triton' (ssd_triton.py: fused forward and
 backward kernels; the default on CUDA).
@@ -37,8 +37,8 @@ from typing import List, Optional
 
 import torch
 
-from .backend import (ALL_FLOAT_DTYPES, Capabilities, ScanBackend, ScanRequest, get_backend, recompute_grads,
-                      register_backend, register_lazy_backend, resolve_backend)
+from .backend import (ALL_FLOAT_DTYPES, Capabilities, ScanBackend, ScanRequest, get_backend, op_gradients,
+                      recompute_grads, register_backend, register_lazy_backend, resolve_backend)
 from .plans import MERGE_MODES, cross_scan_rows, validate_index
 from .scan import ScanInputError, check_common_inputs
 from .ssd_core import DEFAULT_CHUNK, ssd_chunked, ssd_reference
@@ -194,13 +194,7 @@ def _plan_ssd_bwd_op(grad_out: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, 
         grads = recompute_grads(b.differentiable or plan_ssd_fast, grad_out, inputs, **opts)
     # custom ops cannot return None: an absent optional input gets an empty tensor; each gradient takes its
     # input's dtype and layout
-    return [_in_layout_of(g, t) if t is not None else x.new_empty(0) for g, t in zip(grads, inputs)]
-
-
-def _in_layout_of(g: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    if g.dtype == t.dtype and g.stride() == torch.empty_like(t, device='meta').stride():
-        return g
-    return torch.empty_like(t).copy_(g)
+    return op_gradients(grads, inputs, (grad_out, index))
 
 
 @_plan_ssd_bwd_op.register_fake
