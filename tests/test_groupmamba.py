@@ -6,10 +6,6 @@ groupmamba.py: GroupMambaLayer, Block_mamba, PVT2FFN, ClassBlock, Stem, DownSamp
 forward type v2; csms6s.py: CrossScan_1..4 / CrossMerge_1..4), not from our model: four separate SS2D branches,
 each with its own one-direction cross-scan and a step-by-step selective scan.
 """
-import gzip
-import math
-import re
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -22,37 +18,18 @@ import vssm  # noqa: F401
 from vssm.models.groupmamba import checkpoint_filter_fn, checkpoint_to_official
 from vssm.ops import GROUPED_PLAN, default_backend, plan_scan_reference, plan_selective_scan
 from vssm.ops.flops import count_flops
+from official_keys import official_param_count, official_state_dict
 
 # ../shared/official_keys/groupmamba_*.keys.txt (made by instantiating the official code), gzipped into the repo
-OFFICIAL_KEYS = Path(__file__).resolve().parent / 'data'
 NAMES = ('groupmamba_tiny', 'groupmamba_small', 'groupmamba_base')
 # ISSUE 14 / the official definitions with num_classes 1000 and the distillation head
 OFFICIAL_PARAMS = {'groupmamba_tiny': 23_361_917, 'groupmamba_small': 34_781_555, 'groupmamba_base': 57_150_838}
 PUBLISHED_GFLOPS = {'groupmamba_tiny': 4.5, 'groupmamba_small': 7.0, 'groupmamba_base': 14.0}
-_BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), stem_hidden_dim=8)
 
 
-def _official_shapes(name):
-    """Key -> shape of the official state_dict."""
-    shapes = {}
-    for line in gzip.decompress((OFFICIAL_KEYS / f'{name}.official_keys.txt.gz').read_bytes()).decode().splitlines():
-        key, shape = line.split('\t')
-        shapes[key] = tuple(int(s) for s in re.findall(r'\d+', shape))
-    return shapes
 
 
-def official_state_dict(name, device=None):
-    """Random tensors with the official keys and shapes."""
-    sd = OrderedDict()
-    for k, shape in _official_shapes(name).items():
-        if k.endswith('num_batches_tracked'):
-            sd[k] = torch.tensor(7, device=device)
-        elif k.endswith('running_var'):
-            sd[k] = torch.rand(shape, device=device) + 0.5
-        else:
-            sd[k] = torch.randn(shape, device=device)
-    return sd
 
 
 # ------------------------------------------------------------------------------------ counts, FLOPs
@@ -60,7 +37,7 @@ def official_state_dict(name, device=None):
 @pytest.mark.parametrize('name', NAMES)
 def test_param_counts_equal_official(name):
     ours = sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
-    from_keys = sum(math.prod(s) for k, s in _official_shapes(name).items() if not k.endswith(_BN_BUFFERS))
+    from_keys = official_param_count(name)
     assert ours == from_keys == OFFICIAL_PARAMS[name]
 
 

@@ -1,9 +1,7 @@
 """MambaVision: exact sizes, official checkpoint layouts, float64 equivalence with a literal re-implementation of
 the official formulation (written here from the issue's facts), any input size, pretrained-tag windows, bf16."""
 import argparse
-import gzip
 import math
-from pathlib import Path
 
 import pytest
 import timm
@@ -13,8 +11,8 @@ import torch.nn.functional as F
 import vssm  # noqa: F401  (registers the models)
 from vssm.models.mambavision import MambaVision, MambaVisionMixer, checkpoint_filter_fn
 from vssm.serialization import load_checkpoint_file
+from official_keys import official_shapes
 
-DATA = Path(__file__).parent / 'data'
 
 # parameter counts of the official definitions (num_classes 1000)
 OFFICIAL_PARAMS = {
@@ -26,20 +24,13 @@ OFFICIAL_PARAMS = {
 SHRUNK = dict(depths=(1, 1, 3, 2), dim=16, in_dim=8, num_heads=(1, 1, 2, 2), window_sizes=(4, 3), layer_scale=0.5)
 
 
-def _official_shapes(name):
-    """key -> shape of the official state_dict (../shared/official_keys, gzipped into tests/data)."""
-    shapes = {}
-    for line in gzip.decompress((DATA / f'{name}.official_keys.txt.gz').read_bytes()).decode().splitlines():
-        key, shape = line.split('\t')
-        shapes[key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-    return shapes
 
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL_PARAMS))
 def test_exact_parameter_counts_and_official_keys(name):
     model = timm.create_model(name, device='meta')
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name]
-    official = {k: torch.empty(s, device='meta') for k, s in _official_shapes(name).items()}
+    official = {k: torch.empty(s, device='meta') for k, s in official_shapes(name).items()}
     mapped = checkpoint_filter_fn(official, model)  # raises on any missing / unexpected key or wrong shape
     ours = model.state_dict()
     assert set(mapped) == set(ours)
@@ -49,7 +40,7 @@ def test_exact_parameter_counts_and_official_keys(name):
 def _random_official_state_dict(name):
     g = torch.Generator().manual_seed(1)
     return {k: (torch.randint(0, 9, s, generator=g) if k.endswith('num_batches_tracked')
-                else torch.randn(s, generator=g)) for k, s in _official_shapes(name).items()}
+                else torch.randn(s, generator=g)) for k, s in official_shapes(name).items()}
 
 
 def test_three_checkpoint_layouts_load_the_same_weights(tmp_path):
@@ -88,7 +79,7 @@ def test_three_checkpoint_layouts_load_the_same_weights(tmp_path):
 
 def test_checkpoint_for_another_size_fails_clearly():
     model = timm.create_model('mambavision_small', device='meta')
-    official = {k: torch.empty(s, device='meta') for k, s in _official_shapes('mambavision_tiny').items()}
+    official = {k: torch.empty(s, device='meta') for k, s in official_shapes('mambavision_tiny').items()}
     with pytest.raises(ValueError, match='does not match mambavision_small'):
         checkpoint_filter_fn(official, model)
 

@@ -7,10 +7,7 @@ vmambanew.py: SS2D forward type v052d, k_group 2), not from our model: Conv-BN a
 transform from pywt's db1 taps, the bidirectional scan as two explicit sequences and a step-by-step recurrence,
 the merge as the GPU kernel's per-sample sum (out = y_fwd + flip(y_bwd)), not the CPU fallback's batch mix.
 """
-import gzip
 import math
-import re
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ import torch.nn.functional as F
 from timm.utils.model import reparameterize_model
 
 import vssm  # noqa: F401
+from official_keys import official_param_count, official_shapes, official_state_dict
 from vssm.models.mobilemamba import (
     MRFFIMixer, WaveletSSMBranch, _remap_official_key, checkpoint_filter_fn, haar_filters, split_channels,
 )
@@ -28,32 +26,19 @@ DATA = Path(__file__).resolve().parent / 'data'
 # ../shared/official_keys/mobilemamba_*.keys.txt (made by instantiating the official code); b1, b2 and b4 are
 # the same file (one network), so only b1 is kept
 KEY_FILES = {'mobilemamba_t2': 't2', 'mobilemamba_t4': 't4', 'mobilemamba_s6': 's6', 'mobilemamba_b': 'b1'}
+
+
+def _stem(name):
+    """The key file of a model (B1, B2 and B4 share one architecture and one key list)."""
+    return f'mobilemamba_{KEY_FILES[name]}'
 # issue 21: the official definitions with num_classes 1000, fixed Haar filters included
 OFFICIAL_PARAMS = {'mobilemamba_t2': 8_836_890, 'mobilemamba_t4': 14_176_090, 'mobilemamba_s6': 15_036_632,
                    'mobilemamba_b': 17_122_849}
-_BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 TINY = dict(dims=(32, 48, 64), depths=(1, 1, 1), num_classes=10)
 
 
-def _official_shapes(name):
-    shapes = {}
-    text = gzip.decompress((DATA / f'mobilemamba_{KEY_FILES[name]}.official_keys.txt.gz').read_bytes()).decode()
-    for line in text.splitlines():
-        key, shape = line.split('\t')
-        shapes[key] = tuple(int(s) for s in re.findall(r'\d+', shape))
-    return shapes
 
 
-def official_state_dict(name, device=None):
-    sd = OrderedDict()
-    for k, shape in _official_shapes(name).items():
-        if k.endswith('num_batches_tracked'):
-            sd[k] = torch.tensor(7, device=device)
-        elif k.endswith('running_var'):
-            sd[k] = torch.rand(shape, device=device) + 0.5
-        else:
-            sd[k] = torch.randn(shape, device=device)
-    return sd
 
 
 def _randomise_bn(model, seed=0):
@@ -77,7 +62,7 @@ def test_param_counts_equal_official(name):
     model = timm.create_model(name, device='meta')
     params = sum(p.numel() for p in model.parameters())
     haar = sum(b.numel() for k, b in model.named_buffers() if k.endswith(('wt_filter', 'iwt_filter')))
-    from_keys = sum(math.prod(s) for k, s in _official_shapes(name).items() if not k.endswith(_BN_BUFFERS))
+    from_keys = official_param_count(_stem(name))
     assert params + haar == from_keys == OFFICIAL_PARAMS[name]
 
 
@@ -99,7 +84,7 @@ def test_channel_split_follows_the_official_rule():
 @pytest.mark.parametrize('name', sorted(KEY_FILES))
 def test_official_layout_maps_onto_every_key(name):
     model = timm.create_model(name, device='meta')
-    mapped = checkpoint_filter_fn(official_state_dict(name, device='meta'), model)
+    mapped = checkpoint_filter_fn(official_state_dict(_stem(name), device='meta'), model)
     ours = model.state_dict()
     assert set(mapped) == set(ours)
     assert all(mapped[k].shape == ours[k].shape for k in ours)
@@ -108,7 +93,7 @@ def test_official_layout_maps_onto_every_key(name):
 def test_trainer_and_bare_layouts_load_through_timm(tmp_path):
     """The trainer's {net, net_E, optimizer, ...} (EMA weights taken) and the bare net.pth load strictly by
     timm's pretrained path; every official tensor lands in its place."""
-    net, ema = official_state_dict('mobilemamba_t2'), official_state_dict('mobilemamba_t2')
+    net, ema = official_state_dict(_stem('mobilemamba_t2')), official_state_dict(_stem('mobilemamba_t2'))
     trainer = tmp_path / 'ckpt.pth'
     torch.save({'net': net, 'net_E': ema, 'optimizer': {}, 'scheduler': {}, 'total_time': 1.0}, trainer)
     bare = tmp_path / 'net.pth'
@@ -163,7 +148,7 @@ def test_b_is_one_architecture_with_resolution_tags():
 
 def test_checkpoint_for_another_model_is_a_clear_error():
     with pytest.raises(ValueError, match='checkpoint does not match mobilemamba_s6'):
-        checkpoint_filter_fn(official_state_dict('mobilemamba_t4', device='meta'),
+        checkpoint_filter_fn(official_state_dict(_stem('mobilemamba_t4'), device='meta'),
                              timm.create_model('mobilemamba_s6', device='meta'))
 
 
@@ -259,7 +244,7 @@ def _official_params_of(mixer):
     """The mixer's tensors under their official names (T2's blocks2.3 keys through the checkpoint key map)."""
     ours, official = mixer.state_dict(), 'blocks2.3.mixer.m.attn.'
     out = {}
-    for key in _official_shapes('mobilemamba_t2'):
+    for key in official_shapes(_stem('mobilemamba_t2')):
         if key.startswith(official):
             mapped = _remap_official_key(key)
             out[key[len(official):]] = ours[mapped[len('stages.1.blocks.0.mixer.m.'):]]
@@ -281,7 +266,7 @@ def test_mrffi_equals_official_formulation_float64_odd_size():
         mixer.global_op.base_scale.copy_(torch.randn_like(mixer.global_op.base_scale))
         mixer.global_op.wavelet_scale.copy_(torch.randn_like(mixer.global_op.wavelet_scale))
     p = _official_params_of(mixer)
-    assert len(p) == sum(1 for k in _official_shapes('mobilemamba_t2') if k.startswith('blocks2.3.mixer.m.attn.'))
+    assert len(p) == sum(1 for k in official_shapes(_stem('mobilemamba_t2')) if k.startswith('blocks2.3.mixer.m.attn.'))
     x = torch.randn(2, 272, 7, 9, dtype=torch.float64)
     with torch.no_grad():
         ours = mixer(x)
@@ -398,7 +383,7 @@ def test_convert_tool_reads_the_trainer_file(tmp_path):
     spec = importlib.util.spec_from_file_location('vssm_tools_convert_mm', tool)
     conv = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conv)
-    net, ema = official_state_dict('mobilemamba_t2'), official_state_dict('mobilemamba_t2')
+    net, ema = official_state_dict(_stem('mobilemamba_t2')), official_state_dict(_stem('mobilemamba_t2'))
     torch.save({'net': net, 'net_E': ema, 'optimizer': {}, 'total_time': 1.0}, tmp_path / 'ckpt.pth')
     for extra, source in (([], net), (['--use-ema'], ema)):
         report = conv.main(['--model', 'mobilemamba_t2', str(tmp_path / 'ckpt.pth'), str(tmp_path / 'o.pth'),

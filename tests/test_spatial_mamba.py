@@ -6,11 +6,7 @@ classification/models/spatialmamba.py: StateFusion, StructureAwareSSM, SpatialMa
 DownSampling), not from our model: a step-by-step scan that keeps the state h (no C, no D), three replicate-padded
 dilated depthwise convolutions, then y = fuse(h) * C + D * x.
 """
-import gzip
 import math
-import re
-from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import timm
@@ -22,34 +18,17 @@ from vssm.layers import StateFusion
 from vssm.models.spatial_mamba import SpatialMambaBlock, checkpoint_filter_fn
 from vssm.ops import BACKEND_ENV, available_backends
 from vssm.ops.flops import count_flops
+from official_keys import official_param_count, official_state_dict
 
-OFFICIAL_KEYS = Path(__file__).resolve().parent / 'data'  # ../shared/official_keys/spatial_mamba_*.keys.txt
 NAMES = ('spatial_mamba_tiny', 'spatial_mamba_small', 'spatial_mamba_base')
 # issue 20: the official definitions with num_classes 1000
 OFFICIAL_PARAMS = {'spatial_mamba_tiny': 26_748_862, 'spatial_mamba_small': 43_074_280,
                    'spatial_mamba_base': 95_745_592}
-_BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
 SHRUNK = dict(depths=(1, 1, 1, 1), dims=16)
 
 
-def _official_shapes(name):
-    shapes = {}
-    for line in gzip.decompress((OFFICIAL_KEYS / f'{name}.official_keys.txt.gz').read_bytes()).decode().splitlines():
-        key, shape = line.split('\t')
-        shapes[key] = tuple(int(s) for s in re.findall(r'\d+', shape))
-    return shapes
 
 
-def official_state_dict(name, device=None):
-    sd = OrderedDict()
-    for k, shape in _official_shapes(name).items():
-        if k.endswith('num_batches_tracked'):
-            sd[k] = torch.tensor(7, device=device)
-        elif k.endswith('running_var'):
-            sd[k] = torch.rand(shape, device=device) + 0.5
-        else:
-            sd[k] = torch.randn(shape, device=device)
-    return sd
 
 
 # ------------------------------------------------------------------------------------ counts, checkpoints
@@ -57,7 +36,7 @@ def official_state_dict(name, device=None):
 @pytest.mark.parametrize('name', NAMES)
 def test_param_counts_equal_official(name):
     ours = sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
-    from_keys = sum(math.prod(s) for k, s in _official_shapes(name).items() if not k.endswith(_BN_BUFFERS))
+    from_keys = official_param_count(name)
     assert ours == from_keys == OFFICIAL_PARAMS[name]
 
 

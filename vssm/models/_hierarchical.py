@@ -1,8 +1,9 @@
 """The timm model API shared by the hierarchical, channel-last families (VMamba, EfficientVMamba, LocalVMamba).
 
-A subclass provides ``stem`` (NCHW image -> NHWC map), ``stages`` (nn.Sequential of NHWC stages with a
-``grad_checkpointing`` flag), ``norm`` (final norm over channels), ``head`` (timm ClassifierHead, NHWC input),
-``feature_info``, ``num_features``, ``in_chans`` and ``min_input_size``.
+A subclass provides ``stem`` (NCHW image -> a map in ``stage_format``), ``stages`` (nn.Sequential of stages with a
+``grad_checkpointing`` flag), ``norm`` (final norm over channels), ``head`` (timm ClassifierHead),
+``feature_info``, ``num_features``, ``in_chans`` and ``min_input_size``. ``stage_format`` is the layout the stages
+work in: 'NHWC' (the channel-last families) or 'NCHW' (MambaVision).
 """
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -17,6 +18,8 @@ __all__ = ['HierarchicalModelMixin']
 
 
 class HierarchicalModelMixin:
+    stage_format: str = 'NHWC'
+
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
         return dict(
@@ -70,7 +73,9 @@ class HierarchicalModelMixin:
             x = stage(x)
             if feat_idx in take_indices:
                 feat = self.norm(x) if norm and feat_idx == last_idx else x
-                intermediates.append(feat.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else feat)
+                if output_fmt != self.stage_format:
+                    feat = feat.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else feat.permute(0, 2, 3, 1)
+                intermediates.append(feat)
         if intermediates_only:
             return intermediates
         if feat_idx == last_idx:

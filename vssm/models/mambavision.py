@@ -28,11 +28,10 @@ from timm.layers import (
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
-from timm.models._features import feature_take_indices
 
 from ..ops import DirectionPlan, plan_selective_scan
 from ..serialization import release_file_globals
-from ._checks import check_input, check_state_dict_matches
+from ._checks import check_state_dict_matches
 from ._hierarchical import HierarchicalModelMixin
 
 __all__ = ['MambaVision', 'MambaVisionMixer', 'MambaVisionBlock', 'ConvBlock', 'MambaVisionStage',
@@ -213,6 +212,7 @@ class MambaVisionStage(nn.Module):
 
 class MambaVision(HierarchicalModelMixin, nn.Module):
     """MambaVision: conv stem, two conv stages, two windowed Mamba-mixer + attention stages; NCHW features."""
+    stage_format = 'NCHW'
 
     def __init__(
             self,
@@ -321,36 +321,6 @@ class MambaVision(HierarchicalModelMixin, nn.Module):
     def no_weight_decay(self) -> List[str]:
         # as the official training: timm decays every parameter of 2+ dims (A_log included), not the 1-D ones
         return []
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs at `indices` (NCHW; NHWC on request); the final BatchNorm only on the last, with norm."""
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        check_input(x, self.in_chans, self.min_input_size, type(self).__name__)
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-        x = self.stem(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages):
-            x = stage(x)
-            if feat_idx in take_indices:
-                feat = self.norm(x) if norm and feat_idx == last_idx else x
-                intermediates.append(feat.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else feat)
-        if intermediates_only:
-            return intermediates
-        if feat_idx == last_idx:
-            x = self.norm(x)
-        return x, intermediates
 
 
 # --------------------------------------------------------------------------------------- checkpoints
